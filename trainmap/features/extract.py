@@ -1,0 +1,225 @@
+"""Turn checkpoints into feature-table rows.
+
+Each checkpoint is read tensor by tensor: every tensor is counted for non-finite
+values and handed to each feature family, and families that need a second look
+(the exact median of ``hu/``) get one more streaming pass. A checkpoint that
+cannot be read becomes a flagged row and extraction goes on; only
+:class:`~trainmap.checkpoints.CheckpointError` (numbers would be meaningless)
+stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from trainmap.checkpoints import CheckpointError, CheckpointRef, Run, open_checkpoint
+from trainmap.features import hu, losses
+
+logger = logging.getLogger(__name__)
+
+TENSOR_FAMILIES = {hu.FAMILY: hu.HuFamily}
+ALL_FAMILIES = (hu.FAMILY, losses.FAMILY)
+FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error")
+
+
+@dataclass
+class ExtractionSummary:
+    """Counts of checkpoints an extraction read, flagged and skipped.
+
+    Attributes
+    ----------
+    read : int
+        Checkpoints whose tensors were read.
+    flagged : Counter
+        Checkpoints per flag name (``nonfinite``, ``incomplete``, ``unreadable``).
+    skipped : list of (str, str)
+        ``(checkpoint path, reason)`` for each checkpoint with no features.
+    """
+
+    read: int = 0
+    flagged: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Return the summary as printable lines."""
+        lines = [f"checkpoints read: {self.read}"]
+        if self.flagged:
+            counts = ", ".join(f"{name}: {count}" for name, count in sorted(self.flagged.items()))
+            lines.append(f"checkpoints flagged: {sum(self.flagged.values())} ({counts})")
+        else:
+            lines.append("checkpoints flagged: 0")
+        lines.append(f"checkpoints skipped: {len(self.skipped)}")
+        lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
+        return lines
+
+
+def resolve_families(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Validate a family selection such as ``"hu,loss"``; None selects all."""
+    if names is None:
+        return ALL_FAMILIES
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_FAMILIES]
+    if unknown:
+        raise ValueError(
+            f"unknown feature family {', '.join(unknown)}; choose from {', '.join(ALL_FAMILIES)}"
+        )
+    return tuple(names)
+
+
+def extract_checkpoint(ref: CheckpointRef, families: tuple[str, ...] = (hu.FAMILY,)) -> dict:
+    """Compute the tensor features and flags of one checkpoint.
+
+    Returns
+    -------
+    dict
+        ``run``, ``step``, one entry per feature of the selected tensor families
+        (NaN where not computable) and the ``flag/*`` entries.
+
+    Raises
+    ------
+    CheckpointError
+        If the checkpoint is damaged in a way that makes its numbers meaningless.
+    """
+    row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
+           "flag/incomplete": False, "flag/unreadable": False, "flag/error": ""}
+    selected = [TENSOR_FAMILIES[name]() for name in families if name in TENSOR_FAMILIES]
+    names = [feature for name in families if name in TENSOR_FAMILIES for feature in _family_features(name)]
+    row.update(dict.fromkeys(names, math.nan))
+    if not ref.complete:
+        row["flag/incomplete"] = True
+        row["flag/error"] = "no weight file in the checkpoint folder (interrupted save?)"
+        return row
+    from safetensors import SafetensorError
+
+    try:
+        reader = open_checkpoint(ref)
+        row["flag/nonfinite"] = _first_pass(reader, selected)
+        _second_pass(reader, selected)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
+        row["flag/unreadable"] = True
+        row["flag/error"] = f"{type(error).__name__}: {error}"
+        return row
+    for family in selected:
+        row.update(family.finish())
+    return row
+
+
+def extract_runs(
+    runs: list[Run],
+    families: tuple[str, ...] = ALL_FAMILIES,
+    max_step: int | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, ExtractionSummary]:
+    """Extract the feature table of ``runs``.
+
+    Parameters
+    ----------
+    runs : list of Run
+        Runs from :func:`~trainmap.checkpoints.find_runs`.
+    families : tuple of str
+        Feature families; see :func:`resolve_families`.
+    max_step : int, optional
+        Only checkpoints at steps <= ``max_step`` (for scoring up to a horizon).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per (run, step), sorted.
+    summary : ExtractionSummary
+    """
+    from tqdm.auto import tqdm
+
+    checkpoints = [
+        ref
+        for run in runs
+        for ref in run.checkpoints
+        if max_step is None or ref.step <= max_step
+    ]
+    summary = ExtractionSummary()
+    rows = []
+    for ref in tqdm(checkpoints, desc="extract", unit="ckpt", disable=not progress, dynamic_ncols=True):
+        row = extract_checkpoint(ref, families)
+        _record(summary, ref, row)
+        rows.append(row)
+
+    table = pd.DataFrame(rows)
+    if losses.FAMILY in families:
+        table = _add_loss_features(table, runs)
+    ordered = ["run", "step"] + [c for c in table.columns if c not in ("run", "step") and c not in FLAGS] + list(FLAGS)
+    table = table[ordered].sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+    return table, summary
+
+
+def _family_features(name: str) -> tuple[str, ...]:
+    return {hu.FAMILY: hu.FEATURES}[name]
+
+
+def _first_pass(reader, families) -> int:
+    """Feed every tensor to every family; return the count of non-finite values."""
+    import torch
+
+    nonfinite = 0
+    for name, tensor in reader.tensors():
+        finite = True
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                nonfinite += bad
+                finite = False
+                logger.warning("checkpoint %s: tensor %s has %d non-finite values", reader.ref.path, name, bad)
+        for family in families:
+            family.visit(name, tensor, finite)
+    return nonfinite
+
+
+def _second_pass(reader, families) -> None:
+    """Give families that asked for it a second streaming look at their tensors."""
+    requested = {family: set(family.revisit_names()) for family in families}
+    names = sorted(set().union(*requested.values())) if requested else []
+    if not names:
+        return
+    for name, tensor in reader.tensors(names):
+        for family, family_names in requested.items():
+            if name in family_names:
+                family.revisit(name, tensor)
+
+
+def _record(summary: ExtractionSummary, ref: CheckpointRef, row: dict) -> None:
+    """Count one row into the summary."""
+    if row["flag/incomplete"] or row["flag/unreadable"]:
+        summary.skipped.append((str(ref.path), row["flag/error"]))
+        summary.flagged["incomplete" if row["flag/incomplete"] else "unreadable"] += 1
+        logger.warning("checkpoint %s skipped: %s", ref.path, row["flag/error"])
+        return
+    summary.read += 1
+    if row["flag/nonfinite"]:
+        summary.flagged["nonfinite"] += 1
+
+
+def _add_loss_features(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
+    """Join the ``loss/`` features read from each run's ``metrics.jsonl``."""
+    frames = []
+    for run in runs:
+        steps = sorted(table.loc[table["run"] == run.name, "step"].tolist())
+        if not steps:
+            continue
+        series = losses.read_metrics(run.metrics_path)
+        per_step = losses.loss_features(series, steps)
+        frame = pd.DataFrame.from_dict(per_step, orient="index")
+        frame.index.name = "step"
+        frame = frame.reset_index()
+        frame.insert(0, "run", run.name)
+        frames.append(frame)
+    if not frames:
+        return table
+    return table.merge(pd.concat(frames, ignore_index=True), on=["run", "step"], how="left")
