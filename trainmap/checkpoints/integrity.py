@@ -75,7 +75,7 @@ def find_gaps(steps: list[int]) -> list[int]:
     A regular schedule is 0 and powers of two, evenly spaced steps, or powers of
     two followed by evenly spaced steps, as in Pythia (0, 1, 2, 4, ..., 512, 1000,
     2000, ...). The spacing is the most common difference between consecutive
-    steps. When the holes would outnumber half the
+    steps, the larger one on a tie. When the holes would outnumber half the
     evenly spaced checkpoints, the schedule counts as irregular and no gaps are
     reported, because there is nothing regular to compare against.
     """
@@ -85,7 +85,8 @@ def find_gaps(steps: list[int]) -> list[int]:
     if all(_is_power_of_two(step) or step == 0 for step in steps):
         return sorted(_powers_of_two(steps[0], steps[-1]) - set(steps))
 
-    stride = Counter(b - a for a, b in zip(steps, steps[1:])).most_common(1)[0][0]
+    counts = Counter(b - a for a, b in zip(steps, steps[1:]))
+    stride = max(counts, key=lambda difference: (counts[difference], difference))
     tail_start = len(steps)
     while tail_start > 0 and steps[tail_start - 1] % stride == 0:
         tail_start -= 1
