@@ -17,14 +17,30 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from trainmap.checkpoints import CheckpointError, CheckpointRef, Run, open_checkpoint
+from trainmap.checkpoints import (
+    READER_FLAGS,
+    RUN_FLAGS,
+    CheckpointError,
+    CheckpointRef,
+    Run,
+    RunIntegrity,
+    open_checkpoint,
+)
 from trainmap.features import hu, losses
 
 logger = logging.getLogger(__name__)
 
 TENSOR_FAMILIES = {hu.FAMILY: hu.HuFamily}
 ALL_FAMILIES = (hu.FAMILY, losses.FAMILY)
-FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error")
+FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error", *READER_FLAGS, *RUN_FLAGS)
+# Flags that mark a defect, counted by name in the summary; the other flags are notes.
+COUNTED_FLAGS = {
+    "flag/duplicate_of": "duplicate",
+    "flag/same_as_final": "same_as_final",
+    "flag/gap_before": "gap",
+    "flag/architecture_change": "architecture_change",
+    "flag/trusted_pickle": "trusted_pickle",
+}
 
 
 @dataclass
@@ -36,14 +52,19 @@ class ExtractionSummary:
     read : int
         Checkpoints whose tensors were read.
     flagged : Counter
-        Checkpoints per flag name (``nonfinite``, ``incomplete``, ``unreadable``).
+        Checkpoints per flag name (``nonfinite``, ``incomplete``, ``unreadable``,
+        ``duplicate``, ``same_as_final``, ``gap``, ``architecture_change``,
+        ``trusted_pickle``).
     skipped : list of (str, str)
         ``(checkpoint path, reason)`` for each checkpoint with no features.
+    gaps : dict of str to list of int
+        Steps missing from each run's regular schedule.
     """
 
     read: int = 0
     flagged: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    gaps: dict[str, list[int]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Return the summary as printable lines."""
@@ -55,6 +76,8 @@ class ExtractionSummary:
             lines.append("checkpoints flagged: 0")
         lines.append(f"checkpoints skipped: {len(self.skipped)}")
         lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
+        for run, steps in sorted(self.gaps.items()):
+            lines.append(f"run {run} is missing scheduled steps {', '.join(map(str, steps))}")
         return lines
 
 
@@ -72,8 +95,15 @@ def resolve_families(names: str | list[str] | tuple[str, ...] | None) -> tuple[s
     return tuple(names)
 
 
-def extract_checkpoint(ref: CheckpointRef, families: tuple[str, ...] = (hu.FAMILY,)) -> dict:
+def extract_checkpoint(
+    ref: CheckpointRef,
+    families: tuple[str, ...] = (hu.FAMILY,),
+    integrity: RunIntegrity | None = None,
+) -> dict:
     """Compute the tensor features and flags of one checkpoint.
+
+    ``integrity`` collects the run-level flags; without it ``flag/gap_before`` and
+    ``flag/architecture_change`` keep their defaults.
 
     Returns
     -------
@@ -87,7 +117,10 @@ def extract_checkpoint(ref: CheckpointRef, families: tuple[str, ...] = (hu.FAMIL
         If the checkpoint is damaged in a way that makes its numbers meaningless.
     """
     row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
-           "flag/incomplete": False, "flag/unreadable": False, "flag/error": ""}
+           "flag/incomplete": False, "flag/unreadable": False, "flag/error": "",
+           **READER_FLAGS, **RUN_FLAGS}
+    if integrity is not None:
+        row["flag/gap_before"] = integrity.gap_before(ref.step)
     selected = [TENSOR_FAMILIES[name]() for name in families if name in TENSOR_FAMILIES]
     names = [feature for name in families if name in TENSOR_FAMILIES for feature in _family_features(name)]
     row.update(dict.fromkeys(names, math.nan))
@@ -101,6 +134,7 @@ def extract_checkpoint(ref: CheckpointRef, families: tuple[str, ...] = (hu.FAMIL
         reader = open_checkpoint(ref)
         row["flag/nonfinite"] = _first_pass(reader, selected)
         _second_pass(reader, selected)
+        row.update(reader.flags())
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
@@ -109,6 +143,8 @@ def extract_checkpoint(ref: CheckpointRef, families: tuple[str, ...] = (hu.FAMIL
         return row
     for family in selected:
         row.update(family.finish())
+    if integrity is not None:
+        row.update(integrity.observe(ref.step, row["flag/digest"], reader.parameters()))
     return row
 
 
@@ -146,11 +182,15 @@ def extract_runs(
         if max_step is None or ref.step <= max_step
     ]
     summary = ExtractionSummary()
+    integrity = {run.name: RunIntegrity(run) for run in runs}
     rows = []
     for ref in tqdm(checkpoints, desc="extract", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        row = extract_checkpoint(ref, families)
+        rows.append(extract_checkpoint(ref, families, integrity[ref.run]))
+    run_flags = {name: checker.run_flags() for name, checker in integrity.items()}
+    for ref, row in zip(checkpoints, rows):
+        row.update(run_flags[ref.run].get(ref.step, {}))
         _record(summary, ref, row)
-        rows.append(row)
+    summary.gaps = {name: checker.gaps for name, checker in integrity.items() if checker.gaps}
 
     table = pd.DataFrame(rows)
     if losses.FAMILY in families:
@@ -204,6 +244,10 @@ def _record(summary: ExtractionSummary, ref: CheckpointRef, row: dict) -> None:
     summary.read += 1
     if row["flag/nonfinite"]:
         summary.flagged["nonfinite"] += 1
+    defaults = {**READER_FLAGS, **RUN_FLAGS}
+    for flag, name in COUNTED_FLAGS.items():
+        if row[flag] != defaults[flag]:
+            summary.flagged[name] += 1
 
 
 def _add_loss_features(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
@@ -214,6 +258,9 @@ def _add_loss_features(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
         if not steps:
             continue
         series = losses.read_metrics(run.metrics_path)
+        for key, values in run.loss_history().items():
+            # metrics.jsonl wins over the Trainer's trainer_state.json log.
+            series[key] = {**values, **series.get(key, {})}
         per_step = losses.loss_features(series, steps)
         frame = pd.DataFrame.from_dict(per_step, orient="index")
         frame.index.name = "step"
