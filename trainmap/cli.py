@@ -34,6 +34,11 @@ EXAMPLES = {
     "extract": [
         "trainmap extract runs/ -o features.parquet",
         "trainmap extract runs/ -o early.parquet --features hu --max-step 60",
+        "trainmap extract megatron-runs/ -o features.parquet --trust-pickles",
+    ],
+    "pull": [
+        "trainmap pull pythia/ --size 410m --seeds 0,1,2,3 --steps 0,1,2,4,1000:10000:1000",
+        "trainmap pull pythia/ --size 160m --seeds 5 --steps 0:4000:1000 --cache-dir /data/hf-cache --offline",
     ],
     "labels": [
         "trainmap labels features.parquet",
@@ -46,6 +51,7 @@ EXAMPLES = {
     "score": [
         "trainmap score runs/seed23 --detector models/edge-lr",
         "trainmap score runs/seed23 --detector models/edge-lr --json",
+        "trainmap score runs/seed23 --detector models/edge-lr --trust-pickles",
     ],
     "map": [
         "trainmap map features.parquet --horizon 60 -o map.png",
@@ -60,6 +66,8 @@ EXAMPLES = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``trainmap`` command line; return the exit status."""
+    from trainmap.checkpoints.errors import CheckpointError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -68,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Expected user errors: print the message, not a traceback.
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        # Expected user errors and damaged checkpoints: print the message, not a traceback.
         print(f"trainmap {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ensemble(commands)
     _add_extract(commands)
+    _add_pull(commands)
     _add_labels(commands)
     _add_train(commands)
     _add_score(commands)
@@ -145,6 +154,7 @@ def _add_extract(commands) -> None:
     sub.add_argument("-o", "--output", type=Path, required=True, help="output Parquet feature table")
     sub.add_argument("--features", dest="families", help="comma-separated families: hu, loss (default both)")
     sub.add_argument("--max-step", type=int, help="only checkpoints at steps <= this")
+    _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_extract)
 
 
@@ -156,6 +166,31 @@ def _run_extract(args) -> int:
     print(f"wrote {len(table)} rows ({table['run'].nunique()} runs) to {args.output}")
     for line in summary.lines():
         print(line)
+    return 0
+
+
+def _add_pull(commands) -> None:
+    sub = _subparser(commands, "pull", "download Pythia or PolyPythias checkpoints into run folders")
+    sub.add_argument("out_dir", type=Path, help="folder that receives one pythia-<size>-seed<k>/ run folder per seed")
+    sub.add_argument("--size", required=True, help="model size, e.g. 14m, 160m, 410m, 1.4b")
+    sub.add_argument("--seeds", type=_int_list, default=[0],
+                     help="comma-separated seeds; 0 is EleutherAI/pythia-<size>, k is ...-seed<k> (default 0)")
+    sub.add_argument("--steps", required=True,
+                     help="training steps, e.g. '0,1,2,4,1000:10000:1000' (start:stop:stride, stop included)")
+    sub.add_argument("--cache-dir", type=Path, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    sub.add_argument("--offline", action="store_true", default=None,
+                     help="read only the cache, never the network (default: follow HF_HUB_OFFLINE)")
+    sub.set_defaults(handler=_run_pull)
+
+
+def _run_pull(args) -> int:
+    from trainmap import workflows
+    from trainmap.checkpoints.hub import parse_steps
+
+    steps = parse_steps(args.steps)
+    pulled = workflows.pull(args.size, args.seeds, steps, args.out_dir, args.cache_dir, args.offline)
+    runs = sorted({item.path.parent.name for item in pulled})
+    print(f"linked {len(pulled)} checkpoints of {len(runs)} runs under {args.out_dir}: {', '.join(runs)}")
     return 0
 
 
@@ -229,13 +264,15 @@ def _add_score(commands) -> None:
     sub.add_argument("--detector", type=Path, required=True, help="detector folder written by `trainmap train`")
     sub.add_argument("--top", type=int, default=10, help="number of features to list (default 10)")
     sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_score)
 
 
 def _run_score(args) -> int:
     from trainmap import workflows
 
-    result = workflows.score(args.run_dir, args.detector, top=args.top, progress=not args.json)
+    result = workflows.score(args.run_dir, args.detector, top=args.top, progress=not args.json,
+                             trust_pickles=bool(args.trust_pickles))
     print(workflows.to_json(result) if args.json else "\n".join(result.lines()))
     return 0
 
@@ -296,6 +333,22 @@ def _subparser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
         epilog=f"examples:\n{examples}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_trust_pickles(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--trust-pickles", action="store_true", default=None,
+        help="fully unpickle torch files that need Python globals (e.g. argparse.Namespace); this can "
+             "run code from the files, so use it only for files you trust; such checkpoints get "
+             "flag/trusted_pickle",
+    )
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _section(args, command: str) -> dict:

@@ -98,6 +98,36 @@ def log_table_preview(table, name: str) -> None:
     mlflow.log_table(data=table, artifact_file=name)
 
 
+def log_integrity(table, summary_lines: list[str], gaps: dict[str, list[int]]) -> None:
+    """Log a feature table's ``flag/*`` columns and the extraction summary.
+
+    ``integrity.json`` is an MLflow table with run, step and every flag, one row
+    per checkpoint. ``extraction_summary.json`` has the summary lines, the
+    schedule gaps per run and the rows with a defect flag.
+    """
+    import mlflow
+
+    flags = [column for column in table.columns if column.startswith("flag/")]
+    frame = table[["run", "step", *flags]]
+    mlflow.log_table(data=frame, artifact_file="integrity.json")
+    mlflow.log_dict({"summary": summary_lines, "gaps": gaps,
+                     "flagged": frame[_defect_rows(frame)].to_dict(orient="records")}, "extraction_summary.json")
+
+
+def _defect_rows(frame):
+    """Return a boolean Series, True for rows with a defect flag (notes such as ``flag/tied`` do not count)."""
+    from trainmap.checkpoints import READER_FLAGS, RUN_FLAGS
+    from trainmap.features.extract import COUNTED_FLAGS
+
+    defaults = {**READER_FLAGS, **RUN_FLAGS}
+    mask = frame["flag/incomplete"].astype(bool) | frame["flag/unreadable"].astype(bool)
+    mask |= frame["flag/nonfinite"] > 0
+    for column in COUNTED_FLAGS:
+        if column in frame:
+            mask |= frame[column] != defaults[column]
+    return mask
+
+
 def set_tags(tags: dict[str, str]) -> None:
     """Tag the active run."""
     import mlflow

@@ -29,10 +29,14 @@ class ExtractConfig:
         Comma-separated feature families (``hu``, ``loss``).
     max_step : int or None
         Only checkpoints at steps <= max_step.
+    trust_pickles : bool
+        Fully unpickle torch files that need Python globals, which can run code
+        from them; the rows of those checkpoints get ``flag/trusted_pickle``.
     """
 
     families: str = "hu,loss"
     max_step: int | None = None
+    trust_pickles: bool = False
 
 
 @dataclass
@@ -91,7 +95,7 @@ def extract(runs_dir: str | Path, output: str | Path, config: ExtractConfig, wor
     table : pandas.DataFrame
     summary : ExtractionSummary
     """
-    from trainmap.checkpoints import find_runs
+    from trainmap.checkpoints import find_runs, trusted_pickles
     from trainmap.features import extract_runs, resolve_families, write_table
 
     families = resolve_families(config.families)
@@ -100,19 +104,27 @@ def extract(runs_dir: str | Path, output: str | Path, config: ExtractConfig, wor
         tracking.log_config(config)
         tracking.log_config({"runs_dir": str(Path(runs_dir).resolve()), "output": str(Path(output).resolve()),
                              "n_runs": len(runs)})
-        table, summary = extract_runs(runs, families=families, max_step=config.max_step, progress=progress)
+        with trusted_pickles(config.trust_pickles):
+            table, summary = extract_runs(runs, families=families, max_step=config.max_step, progress=progress)
         write_table(table, output)
         tracking.log_metrics({
             "checkpoints_read": summary.read,
             "checkpoints_skipped": len(summary.skipped),
             **{f"checkpoints_flagged.{name}": count for name, count in summary.flagged.items()},
         })
-        flagged = table[(table["flag/nonfinite"] > 0) | table["flag/incomplete"] | table["flag/unreadable"]]
-        tracking.log_dict({"summary": summary.lines(),
-                           "flagged": flagged[["run", "step", "flag/nonfinite", "flag/incomplete",
-                                               "flag/unreadable", "flag/error"]].to_dict(orient="records")},
-                          "extraction_summary.json")
+        tracking.log_integrity(table, summary.lines(), summary.gaps)
     return table, summary
+
+
+def pull(size: str, seeds: list[int], steps: list[int], out_dir: str | Path,
+         cache_dir: str | Path | None = None, offline: bool | None = None) -> list:
+    """Pull Pythia checkpoints into run folders; returns the PulledCheckpoint list.
+
+    Not tracked in MLflow: it only fills a folder, which ``extract`` then records.
+    """
+    from trainmap.checkpoints.hub import pull_pythia
+
+    return pull_pythia(size, seeds, steps, out_dir, cache_dir=cache_dir, offline=offline)
 
 
 def labels(table: pd.DataFrame, threshold: float = 3.5, metric: str = "loss/eval", labels_csv: str | None = None):
@@ -156,16 +168,22 @@ def train(table_path: str | Path, output: str | Path, config, workdir=None):
     return result
 
 
-def score(run_dir: str | Path, detector: str | Path, top: int = 10, workdir=None, progress: bool = True):
-    """Score one run against a detector artifact; returns the ScoreResult."""
+def score(run_dir: str | Path, detector: str | Path, top: int = 10, workdir=None, progress: bool = True,
+          trust_pickles: bool = False):
+    """Score one run against a detector artifact; returns the ScoreResult.
+
+    ``trust_pickles`` allows full unpickling of torch files, as in :class:`ExtractConfig`.
+    """
+    from trainmap.checkpoints import trusted_pickles
     from trainmap.models.artifact import DetectorArtifact
     from trainmap.models.scoring import score_run
 
     artifact = DetectorArtifact.load(detector)
     with tracking.tracked_run(f"score {Path(run_dir).name}", workdir, tags={"trainmap.command": "score"}):
         tracking.log_config({"run_dir": str(Path(run_dir).resolve()), "detector": str(Path(detector).resolve()),
-                             "horizon": artifact.spec.horizon})
-        result = score_run(run_dir, artifact, top=top, progress=progress)
+                             "horizon": artifact.spec.horizon, "trust_pickles": trust_pickles})
+        with trusted_pickles(trust_pickles):
+            result = score_run(run_dir, artifact, top=top, progress=progress)
         tracking.log_metrics({"risk": result.risk})
         tracking.log_dict(result.to_dict(), "score.json")
     return result
