@@ -206,13 +206,11 @@ def _family_features(name: str) -> tuple[str, ...]:
 
 def _first_pass(reader, families) -> int:
     """Feed every tensor to every family; return the count of non-finite values."""
-    import torch
-
     nonfinite = 0
     for name, tensor in reader.tensors():
         finite = True
         if tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
+            bad = reader.nonfinite.get(name, 0)  # counted by the reader in bounded memory
             if bad:
                 nonfinite += bad
                 finite = False
