@@ -190,7 +190,7 @@ def test_parse_step(name, is_file, step):
     assert parse_step(name, is_file) == step
 
 
-def test_file_and_folder_of_one_step_keep_the_folder(weights, tmp_path, caplog):
+def test_step_folder_wins_over_file(weights, tmp_path, caplog):
     writers.write_safetensors(tmp_path / "run" / "step100", weights)
     writers.write_torch_file(tmp_path / "run" / "step100.pt", dict(weights))
     run = load_run(tmp_path / "run")

@@ -9,7 +9,7 @@ branches ``step0``, ``step1``, ... ``step143000``. Only weight files and
     OUT_DIR/pythia-410m-seed3/step1000/model.safetensors -> <cache>/.../blobs/<sha256>
 
 Offline (``HF_HUB_OFFLINE=1`` or ``offline=True``) the same code reads what the
-cache already holds and never opens a connection.
+cache already contains and never opens a connection.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def weight_patterns(repo_files: list[str] | None) -> list[str]:
 
     Safetensors win when a revision has them. With ``repo_files`` None (offline,
     where the file list is unknown) both formats are allowed, and only what the
-    cache holds is used.
+    cache contains is used.
     """
     if repo_files is None:
         return [*SAFETENSORS_PATTERNS, *BIN_PATTERNS, CONFIG_FILE]

@@ -45,7 +45,7 @@ WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
 
 @dataclass(frozen=True)
 class Layout:
-    """How one checkpoint is stored.
+    """Storage layout of one checkpoint.
 
     Attributes
     ----------

@@ -46,7 +46,12 @@ def map_layer_keys(keys_by_file: dict[Path, list[str]], checkpoint: Path) -> dic
     indexed = sorted((_layer_index(path), path) for path in keys_by_file)
     embedding = [index for index, path in indexed if EMBEDDING_KEY in keys_by_file[path]]
     blocks = [index for index, path in indexed if any(key.startswith("attention.") for key in keys_by_file[path])]
-    first_block = embedding[0] + BLOCK_OFFSET_AFTER_EMBEDDING if embedding else (blocks[0] if blocks else 0)
+    if embedding:
+        first_block = embedding[0] + BLOCK_OFFSET_AFTER_EMBEDDING
+    elif blocks:
+        first_block = blocks[0]
+    else:
+        first_block = 0
     _check_contiguous(blocks, first_block, checkpoint)
 
     mapping: dict[Path, dict[str, str]] = {}

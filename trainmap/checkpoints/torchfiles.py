@@ -107,7 +107,7 @@ def load_torch_file(path: str | Path, trust_pickles: bool | None = None) -> Torc
     UnsafeCheckpointError
         If the file needs Python globals and unpickling is not trusted.
     ValueError
-        If the file is not a torch file or holds no tensors.
+        If the file is not a torch file or contains no tensors.
     """
     path = Path(path)
     trust = pickles_trusted() if trust_pickles is None else trust_pickles

@@ -1,6 +1,6 @@
 """Read the step and loss history a Hugging Face Trainer stores with each checkpoint.
 
-``checkpoint-<N>/trainer_state.json`` holds ``global_step`` and ``log_history``,
+``checkpoint-<N>/trainer_state.json`` contains ``global_step`` and ``log_history``,
 a list of records such as ``{"step": 10, "loss": 2.31, "learning_rate": ...}``
 and ``{"step": 100, "eval_loss": 2.05, ...}``. The last record of a finished
 run has ``train_loss``, the mean over the whole run, which is not a per-step
