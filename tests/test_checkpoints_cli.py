@@ -14,6 +14,15 @@ def weights(tmp_path_factory):
     return writers.tiny_gpt_neox(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """One SQLite MLflow store for this module, so its schema is created once; returns its URI."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
 @pytest.fixture
 def namespace_run(weights, tmp_path):
     """A DeepSpeed run whose files carry an argparse.Namespace, as old Megatron saves do."""
@@ -43,7 +52,8 @@ def test_extract_with_trust_flags_rows(namespace_run, tmp_path, mlflow_store, ca
     assert "trusted_pickle: 2" in capsys.readouterr().out
 
     client = MlflowClient(mlflow_store)
-    run = client.search_runs(client.get_experiment_by_name("trainmap").experiment_id)[0]
+    experiment = client.get_experiment_by_name("trainmap").experiment_id
+    run = client.search_runs(experiment, order_by=["attributes.start_time DESC"])[0]
     assert {item.path for item in client.list_artifacts(run.info.run_id)} >= {"integrity.json",
                                                                               "extraction_summary.json"}
 
