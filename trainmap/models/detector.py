@@ -69,6 +69,12 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         ``min_calibration_positives`` samples.
     min_calibration_positives : int
         Smallest rarest-class count for which ``"auto"`` calibrates.
+    prior : float or None
+        Outlier rate restored by the prior shift; None uses the rate seen in
+        ``fit``. Cross-validation passes the rate of all labelled runs, because a
+        rate that changes with the held-out run ranks runs by fold: held-out
+        outliers would always get the lower prior, and an uninformative model
+        would score an AUROC near 0 under leave-one-run-out.
     random_state : int
         Seed of XGBoost's sampling and of the inner calibration folds.
 
@@ -106,6 +112,7 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         centroid_features: int = 20,
         calibration: str = "auto",
         min_calibration_positives: int = 4,
+        prior: float | None = None,
         random_state: int = 0,
     ):
         self.n_estimators = n_estimators
@@ -121,6 +128,7 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         self.centroid_features = centroid_features
         self.calibration = calibration
         self.min_calibration_positives = min_calibration_positives
+        self.prior = prior
         self.random_state = random_state
 
     # ------------------------------------------------------------- fitting
@@ -183,6 +191,10 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         """Return the log-odds shift that restores the prior after balancing."""
         if len(counts) != 2 or not (self.balance_classes or self.kind_ == "centroid"):
             return 0.0
+        if self.prior is not None:
+            if not 0.0 < self.prior < 1.0:
+                raise ValueError(f"prior must be in (0, 1), got {self.prior}")
+            return float(math.log(self.prior / (1.0 - self.prior)))
         return float(math.log(counts[1] / counts[0]))
 
     def _wants_calibration(self, rarest_count: int) -> bool:

@@ -16,7 +16,9 @@ returns a risk per test run, so all of them run on the same splits:
   state) fed to a logistic regression.
 
 Probabilities of the logistic regressions are fitted with balanced class weights
-and then shifted back to the training prior, as the detector's are.
+and then shifted back to a prior, as the detector's are: the outlier rate of all
+labelled runs under cross-validation (so it is the same in every fold), else the
+training runs' rate.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class EarlyLossMethod:
     """Logistic regression on the ``loss/`` features up to the horizon."""
 
     C: float = 0.1
+    prior: float | None = None
     name: str = "early_loss"
 
     def fit(self, table: pd.DataFrame, runs: list[str], y: np.ndarray, horizon: int) -> "EarlyLossMethod":
@@ -90,7 +93,7 @@ class EarlyLossMethod:
         self.spec_ = make_spec(table[table["run"].isin(runs)], horizon, losses)
         raw = _vectors(table, self.spec_, runs)
         self.scaler_ = MADScaler().fit(raw)
-        self.model_ = _PriorLogistic(self.C).fit(np.nan_to_num(self.scaler_.transform(raw)), y)
+        self.model_ = _PriorLogistic(self.C, self.prior).fit(np.nan_to_num(self.scaler_.transform(raw)), y)
         return self
 
     def predict(self, table: pd.DataFrame, runs: list[str]) -> np.ndarray:
@@ -117,6 +120,7 @@ class HMMMethod:
     max_states: int = 8
     random_state: int = 0
     C: float = 1.0
+    prior: float | None = None
     name: str = "hmm"
 
     def fit(self, table: pd.DataFrame, runs: list[str], y: np.ndarray, horizon: int) -> "HMMMethod":
@@ -134,7 +138,7 @@ class HMMMethod:
         self.hmm_, self.bic_ = _fit_hmm_by_bic(scaled, self.max_states, self.random_state)
         self.n_states_ = self.hmm_.n_components
         occupancy = np.array([self._occupancy(sequence) for sequence in scaled])
-        self.model_ = _PriorLogistic(self.C).fit(occupancy, y)
+        self.model_ = _PriorLogistic(self.C, self.prior).fit(occupancy, y)
         return self
 
     def predict(self, table: pd.DataFrame, runs: list[str]) -> np.ndarray:
@@ -165,30 +169,33 @@ class HMMMethod:
         return np.bincount(states, minlength=self.n_states_) / len(states)
 
 
-def make_method(name: str, detector_params: dict, features: list[str] | None = None, random_state: int = 0):
-    """Return a fresh method object by name."""
+def make_method(name: str, detector_params: dict, features: list[str] | None = None, random_state: int = 0,
+                prior: float | None = None):
+    """Return a fresh method object by name; ``prior`` fixes the outlier rate its risks restore."""
     if name == "detector":
-        return DetectorMethod(dict(detector_params), features)
+        return DetectorMethod(dict(detector_params, prior=prior), features)
     if name == "last_checkpoint":
-        return DetectorMethod(dict(detector_params), features, last_step_only=True, name="last_checkpoint")
+        return DetectorMethod(dict(detector_params, prior=prior), features, last_step_only=True,
+                              name="last_checkpoint")
     if name == "early_loss":
-        return EarlyLossMethod()
+        return EarlyLossMethod(prior=prior)
     if name == "hmm":
-        return HMMMethod(random_state=random_state)
+        return HMMMethod(random_state=random_state, prior=prior)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
 class _PriorLogistic:
-    """L2 logistic regression fitted with balanced weights, shifted back to the prior."""
+    """L2 logistic regression fitted with balanced weights, shifted back to a prior."""
 
-    def __init__(self, C: float):
+    def __init__(self, C: float, prior: float | None = None):
         self.C = C
+        self.prior = prior
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "_PriorLogistic":
         from sklearn.linear_model import LogisticRegression
 
         self.model = LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000).fit(X, y)
-        positives = float(np.mean(y))
+        positives = float(np.mean(y)) if self.prior is None else self.prior
         self.shift = math.log(positives / (1.0 - positives))
         return self
 
@@ -210,6 +217,8 @@ def _fit_hmm_by_bic(sequences: list[np.ndarray], max_states: int, random_state: 
 
     data = np.vstack(sequences)
     lengths = [len(sequence) for sequence in sequences]
+    # hmmlearn logs a warning per non-improving EM step; on short sequences that is noise.
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)
     best, best_bic, bics = None, math.inf, {}
     for n_states in range(1, max_states + 1):
         if n_states > len(data):

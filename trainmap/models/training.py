@@ -228,7 +228,8 @@ def cross_validate(X: np.ndarray, y: np.ndarray, runs: list[str], params: dict) 
     y = np.asarray(y, dtype=int)
     splits = make_splits(y)
     resolved = resolve_detector_params(params, splits.min_training_counts(y)[0])
-    pipeline = make_pipeline(MADScaler(), OutlierDetector(**resolved))
+    # One prior for every fold; see OutlierDetector's `prior` for why.
+    pipeline = make_pipeline(MADScaler(), OutlierDetector(**dict(resolved, prior=float(y.mean()))))
     risk = cross_val_predict(pipeline, X, y, cv=splits.folds, method="predict_proba")[:, 1]
     metrics = {**score_predictions(y, risk), "n_runs": int(len(y)), "n_outliers": int(y.sum())}
     return pd.DataFrame({"run": runs, "label": y, "risk": risk}), metrics
