@@ -18,8 +18,8 @@ at 410M):
   discriminant. It ranks by how far a run moves in the directions the training
   outliers moved, which needs no split search.
 - **Calibration.** With at least ``min_calibration_positives`` outliers, a sigmoid
-  (Platt) map from log-odds to probability is fitted on stratified inner
-  cross-validation predictions of the training runs.
+  (Platt) map of the class-balanced log-odds is fitted on stratified inner
+  cross-validation predictions of the training runs, before the prior shift.
 
 ``min_child_weight`` is far below XGBoost's default of 1, because with a dozen
 runs the hessians ``p(1 - p)`` of a whole child can sum to less than 1 and default
@@ -205,7 +205,13 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         return rarest_count >= self.min_calibration_positives
 
     def _fit_calibration(self, X: np.ndarray, encoded: np.ndarray) -> tuple[float, float]:
-        """Fit a sigmoid on inner stratified out-of-fold log-odds; return (slope, intercept)."""
+        """Fit a sigmoid on inner stratified out-of-fold log-odds; return (slope, intercept).
+
+        The sigmoid maps the model's class-balanced log-odds and is itself fitted
+        with balanced class weights, so the prior enters only through the prior
+        shift added afterwards (a sigmoid fitted to this fold's own outlier rate
+        would bring back the fold-dependent prior that ``prior`` removes).
+        """
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold
 
@@ -218,8 +224,10 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
         for train, test in folds.split(X, encoded):
             fold = clone(inner).fit(X[train], encoded[train])
-            margins[test] = fold.decision_function(X[test])
-        sigmoid = LogisticRegression(C=1e4).fit(margins.reshape(-1, 1), encoded)
+            margins[test] = fold._raw_margin(X[test])
+        balanced = self.balance_classes or self.kind_ == "centroid"
+        sigmoid = LogisticRegression(C=1e4, class_weight="balanced" if balanced else None)
+        sigmoid.fit(margins.reshape(-1, 1), encoded)
         return float(sigmoid.coef_[0, 0]), float(sigmoid.intercept_[0])
 
     # ------------------------------------------------------------- prediction
@@ -233,7 +241,7 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
         if len(self.classes_) != 2:
             return self.model_.predict(X, output_margin=True)
-        return self._calibrate(self._raw_margin(X) + self.prior_shift_)
+        return self._calibrate(self._raw_margin(X)) + self.prior_shift_
 
     def predict_proba(self, X) -> np.ndarray:
         """Return class probabilities, shape (n_runs, n_classes)."""
@@ -241,7 +249,7 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
         if len(self.classes_) != 2:
             return self.model_.predict_proba(X)
-        positive = _sigmoid(self._calibrate(self._raw_margin(X) + self.prior_shift_))
+        positive = _sigmoid(self._calibrate(self._raw_margin(X)) + self.prior_shift_)
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X) -> np.ndarray:
@@ -268,11 +276,11 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
             import xgboost
 
             raw = self.model_.get_booster().predict(xgboost.DMatrix(X, missing=np.nan), pred_contribs=True)
-        raw[:, -1] += self.prior_shift_
         if self.calibration_ is not None:
             slope, intercept = self.calibration_
             raw = raw * slope
             raw[:, -1] += intercept
+        raw[:, -1] += self.prior_shift_
         return raw
 
     def _raw_margin(self, X: np.ndarray) -> np.ndarray:
