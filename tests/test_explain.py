@@ -5,9 +5,15 @@ from trainmap.models.explain import aggregate, family_of, global_importance, mod
 
 
 @pytest.mark.parametrize("column, module", [
-    ("layers/attn_qkv/L0/spectral_norm@30", "attention QKV"),
-    ("layers/mlp_out/L1/frobenius@30", "MLP out"),
+    ("layers/layer0.attn_qkv.spectral@30", "attention QKV"),
+    ("qk/layer1.spectral_max@30", "attention QKV"),
+    ("scale/layer0.attn_out_to_embed@30", "attention output"),
+    ("layers/layer1.mlp_out.frobenius@30", "MLP out"),
+    ("dynamics/mlp_in.update_rate@30", "MLP in"),
     ("unembed/row_norm_max@30", "unembedding"),
+    ("scale/embed_rms@30", "embedding"),
+    ("layers/ln_final.gain_mean@30", "layer norm"),
+    ("dynamics/ln.cos_prev@30", "layer norm"),
     ("hu/lambda_max@30", "whole model"),
     ("loss/eval@30", "loss"),
 ])

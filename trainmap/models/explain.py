@@ -16,14 +16,14 @@ import pandas as pd
 # Module types by the name fragments that GPT-NeoX parameters and trainmap's
 # per-module features use; the first matching pattern wins.
 MODULE_PATTERNS = (
-    ("attention QKV", r"query_key_value|attn_qkv|\bqkv\b|(^|[/_.])qk([/_.]|$)"),
-    ("attention output", r"attention\.dense|attn_out"),
-    ("MLP in", r"dense_h_to_4h|mlp_in"),
-    ("MLP out", r"dense_4h_to_h|mlp_out"),
-    ("unembedding", r"embed_out|unembed|lm_head"),
-    ("embedding", r"embed_in|embedding|(^|[/_.])embed([/_.]|$)"),
+    ("attention QKV", r"attn_qkv|query_key_value|^qk/"),
+    ("attention output", r"attn_out|attention\.dense"),
+    ("MLP in", r"mlp_in|dense_h_to_4h"),
+    ("MLP out", r"mlp_out|dense_4h_to_h"),
+    ("unembedding", r"unembed|embed_out|lm_head"),
+    ("embedding", r"embed"),
     # Not a bare "norm": feature names such as spectral_norm would match it.
-    ("layer norm", r"layernorm|layer_norm|(^|[/_.])ln([/_.0-9]|$)"),
+    ("layer norm", r"(^|[/._])ln(_|\.|$)|layernorm|layer_norm"),
     ("loss", r"^loss/"),
 )
 
