@@ -19,19 +19,26 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from trainmap.checkpoints import CheckpointError, CheckpointRef, Run, open_checkpoint
-from trainmap.features import hu, losses
+from trainmap.features import dynamics, hu, layers, losses, qk, scale, unembed
 from trainmap.features.family import CheckpointContext
 from trainmap.features.gpt_neox import read_config
 from trainmap.features.spectra import SpectrumCache
 
 logger = logging.getLogger(__name__)
 
-TENSOR_FAMILIES = {hu.FAMILY: hu.HuFamily}
+TENSOR_FAMILIES = {
+    hu.FAMILY: hu.HuFamily,
+    layers.FAMILY: layers.LayersFamily,
+    qk.FAMILY: qk.QueryKeyFamily,
+    unembed.FAMILY: unembed.UnembeddingFamily,
+    scale.FAMILY: scale.ScaleFamily,
+    dynamics.FAMILY: dynamics.DynamicsFamily,
+}
 ALL_FAMILIES = (*TENSOR_FAMILIES, losses.FAMILY)
 DEFAULT_FAMILIES = (hu.FAMILY, losses.FAMILY)
 # Feature names known before reading a checkpoint; the other families name
 # features per layer or per module type found in the checkpoint.
-STATIC_FEATURES = {hu.FAMILY: hu.FEATURES}
+STATIC_FEATURES = {hu.FAMILY: hu.FEATURES, unembed.FAMILY: unembed.FEATURES}
 FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error")
 
 
