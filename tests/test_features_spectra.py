@@ -145,3 +145,21 @@ def test_effective_rank_ignores_zeros():
 
 def test_effective_rank_of_zero_spectrum_is_nan():
     assert math.isnan(effective_rank(torch.zeros(3, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("shape", [(3000, 1000), (3_000_001,), (2, 1_500_000), (64, 3, 7)])
+def test_whole_tensor_sums_match_float64(shape):
+    from trainmap.features.reductions import abs_sum64, square_sum64, sum64
+
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(14)) * 0.02 + 1e-3
+    exact = values.double()
+    assert sum64(values) == pytest.approx(float(exact.sum()), rel=1e-7)
+    assert abs_sum64(values) == pytest.approx(float(exact.abs().sum()), rel=1e-7)
+    assert square_sum64(values) == pytest.approx(float((exact * exact).sum()), rel=1e-7)
+
+
+def test_large_matrix_l1_and_l2_match_float64():
+    matrix = torch.randn(3000, 1000, generator=torch.Generator().manual_seed(15)) * 0.02
+    metrics = matrix_metrics(matrix)
+    assert metrics["L1"] == pytest.approx(float(matrix.double().abs().sum()), rel=1e-7)
+    assert metrics["L2"] == pytest.approx(float(matrix.double().norm()), rel=1e-7)

@@ -32,6 +32,7 @@ import torch
 from trainmap.checkpoints import CheckpointError, CheckpointRef, open_checkpoint
 from trainmap.features.family import CheckpointContext, SinglePassFamily
 from trainmap.features.gpt_neox import NORMS, parse_parameter_name
+from trainmap.features.reductions import square_sum64
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +102,7 @@ class _Reference:
         if earlier is None:
             update = [math.nan, math.nan, math.nan]
         else:
-            current = tensor.reshape(-1)
-            earlier = earlier.reshape(-1)
-            difference = current - earlier
-            update = [
-                float(torch.dot(difference, difference)),
-                float(torch.dot(current, current)),
-                float(torch.dot(earlier, earlier)),
-            ]
+            update = [square_sum64(tensor - earlier), square_sum64(tensor), square_sum64(earlier)]
         for group in groups:
             sums = self.sums.setdefault(group, [0.0, 0.0, 0.0])
             for index, value in enumerate(update):

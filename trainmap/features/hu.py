@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from trainmap.features.family import CheckpointContext
+from trainmap.features.reductions import abs_sum64
 from trainmap.features.spectra import Spectrum, SpectrumCache, spectrum
 from trainmap.features.streaming import StreamingPool
 
@@ -170,7 +171,7 @@ class HuFamily:
 
 def _entry_metrics(matrix: torch.Tensor) -> dict[str, float]:
     """Return the metrics that need the entries rather than the singular values."""
-    return {"L1": float(torch.linalg.vector_norm(matrix, 1)), "trace": float(matrix.diagonal().double().sum())}
+    return {"L1": abs_sum64(matrix), "trace": float(matrix.diagonal().double().sum())}
 
 
 def _metrics_from_spectrum(entries: dict[str, float], spectrum: Spectrum) -> dict[str, float]:

@@ -22,7 +22,7 @@ import torch
 from trainmap.features.family import CheckpointContext, SinglePassFamily
 from trainmap.features.gpt_neox import LAYER_MATRICES, MODEL_MATRICES, NOT_GPT_NEOX, NORMS, parse_parameter_name
 from trainmap.features.spectra import Spectrum, effective_rank
-from trainmap.features.streaming import float64_sum
+from trainmap.features.reductions import square_sum64, sum64
 
 FAMILY = "layers"
 MATRIX_STATS = (
@@ -115,10 +115,10 @@ def excess_kurtosis(tensor: torch.Tensor) -> float:
     count = flat.numel()
     if count == 0:
         return math.nan
-    centred = flat.float() - float64_sum(tensor) / count
+    centred = flat.float() - sum64(tensor) / count
     squares = centred.mul_(centred)
-    m2 = float(squares.sum(dtype=torch.float64)) / count if count <= 4096 else float(squares.sum()) / count
-    m4 = float(torch.dot(squares, squares)) / count
+    m2 = sum64(squares) / count
+    m4 = square_sum64(squares) / count
     return m4 / (m2 * m2) - 3.0 if m2 > 0 else math.nan
 
 

@@ -23,6 +23,7 @@ import torch
 
 from trainmap.features.family import CheckpointContext, SinglePassFamily
 from trainmap.features.gpt_neox import LAYER_MATRICES, NOT_GPT_NEOX, parse_parameter_name
+from trainmap.features.reductions import square_sum64
 from trainmap.features.spectra import Spectrum
 
 FAMILY = "scale"
@@ -45,7 +46,7 @@ class ScaleFamily(SinglePassFamily):
             return
         if parsed.module == "embed":
             count = tensor.numel()
-            self._embed_rms = float(torch.linalg.vector_norm(tensor)) / math.sqrt(count) if count else math.nan
+            self._embed_rms = math.sqrt(square_sum64(tensor) / count) if count else math.nan
         elif parsed.module in LAYER_MATRICES:
             self._spectra[(parsed.layer, parsed.module)] = self.context.spectra.get(name, tensor) if finite else None
 

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from trainmap.features.reductions import square_sum64, sum64
+
 KEEP_ALL_LIMIT = 1 << 20
 SAMPLE_STRIDE = 257  # a prime, so the sample does not follow row lengths
 # Bracket half-width in standard deviations of a sample quantile.
@@ -50,10 +52,10 @@ class StreamingPool:
         count = flat.numel()
         if count == 0:
             return
-        total = float64_sum(tensor)
+        total = sum64(tensor)
         mean = total / count
         if sum_of_squares is None:
-            sum_of_squares = float(torch.dot(flat.float(), flat.float()))
+            sum_of_squares = square_sum64(tensor)
         m2 = sum_of_squares - total * mean
         if mean * mean * count > 0.25 * sum_of_squares or m2 < 0:
             # Subtracting nearly equal sums would lose digits: centre exactly.
@@ -154,19 +156,3 @@ def _kth(chunks: list[torch.Tensor], index: int) -> float:
     """Return the value of rank ``index`` (0-based) among the values of ``chunks``."""
     values = torch.cat(chunks).numpy()
     return float(np.partition(values, index)[index])
-
-
-def float64_sum(tensor: torch.Tensor) -> float:
-    """Sum in float32 along rows of at most 8192 values, then across rows in float64.
-
-    This avoids a float64 copy of the tensor. The total's rounding error is at
-    most about float32 epsilon times the sum of absolute values, and in practice
-    much smaller because the rows' errors cancel.
-    """
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() <= 4096 or flat.dtype == torch.float64:
-        return float(flat.double().sum())
-    rows = tensor.detach().reshape(tensor.shape[0], -1) if tensor.dim() > 1 else flat.reshape(1, -1)
-    if not 16 <= rows.shape[1] <= 8192:
-        return float(flat.double().sum())
-    return float(rows.sum(dim=1, dtype=torch.float32).double().sum())
