@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainmap.features.hu import MATRIX_METRICS, matrix_metrics
-from trainmap.features.spectra import FAST_PATH_MIN_CONDITION, effective_rank, spectrum
+from trainmap.features.spectra import FAST_PATH_MIN_CONDITION, SpectrumCache, _helper_executor, effective_rank, spectrum
 
 
 def reference_metrics(matrix: torch.Tensor) -> dict:
@@ -128,6 +128,24 @@ def test_spectrum_is_descending_float64():
     result = spectrum(torch.randn(50, 20, generator=torch.Generator().manual_seed(10)))
     assert result.singular_values.dtype == torch.float64
     assert bool((result.singular_values[:-1] >= result.singular_values[1:]).all())
+
+
+def test_helper_thread_gives_same_values():
+    generator = torch.Generator().manual_seed(12)
+    matrices = {f"m{index}": torch.randn(90, 30 + index, generator=generator) for index in range(5)}
+    matrices["square"] = torch.randn(40, 40, generator=generator)
+    background = SpectrumCache((1e-5,), helper_thread=True)
+    spectra = {name: background.get(name, matrix) for name, matrix in matrices.items()}
+    for name, matrix in matrices.items():
+        expected = spectrum(matrix, (1e-5,))
+        assert torch.equal(spectra[name].singular_values, expected.singular_values), name
+        assert spectra[name].exact == expected.exact, name
+
+
+def test_helper_thread_error_raises_on_read():
+    with pytest.raises(TypeError, match="can.t multiply sequence"):
+        spectrum(torch.randn(60, 20, generator=torch.Generator().manual_seed(13)),
+                 critical_values=("critical",), executor=_helper_executor()).singular_values
 
 
 def test_spectrum_rejects_non_matrix():

@@ -229,7 +229,7 @@ def _extract_checkpoint(ref, families, previous, initial) -> tuple[dict, dict[st
         return row, {}
     from safetensors import SafetensorError
 
-    spectra = SpectrumCache((hu.ZERO_SINGULAR_VALUE,), background=True)
+    spectra = SpectrumCache((hu.ZERO_SINGULAR_VALUE,), helper_thread=True)
     context = CheckpointContext(ref, read_config(ref.path), previous, initial, spectra)
     selected = [TENSOR_FAMILIES[name](context) for name in families if name in TENSOR_FAMILIES]
     try:

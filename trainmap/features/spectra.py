@@ -25,17 +25,23 @@ Accuracy of the exact path: eigenvalues of the float64 Gram matrix are accurate
 to about 1e-16 times the largest one, so singular values down to about 1e-8 of
 the largest one are resolved.
 
-The eigendecomposition is the slowest step and does not speed up with more
-threads at these sizes, so :class:`SpectrumCache` can run it on a background
-thread while the caller reads the next tensor and forms its Gram product.
+Threads: LAPACK calls run on one thread. At these sizes (k of a few hundred to a
+few thousand) they make many small parallel calls: with two threads and
+``OMP_WAIT_POLICY=PASSIVE`` (what the CLI sets, because spinning threads stall
+under contention) a 768 x 768 ``eigvalsh`` took 3.6 times as long as with one
+thread, and spinning threads gained only about a quarter on an idle machine
+(2-core Xeon, torch 2.13 with MKL). The eigendecomposition is also the slowest
+step, so :class:`SpectrumCache` can run it on a helper thread while the caller
+reads the next tensor and forms its Gram product.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from contextlib import contextmanager
 
 import torch
 
@@ -44,26 +50,26 @@ FAST_PATH_MIN_CONDITION = 1e-3
 # eigenvalue. Measured errors of the float32 Gram product on random and
 # power-law spectra of Pythia-160M shapes stay below 3 epsilons.
 FAST_PATH_ERROR = 8.0
-# Eigendecompositions queued on the background thread before the caller waits;
-# each holds a (k, k) float64 Gram matrix and possibly a reference to its tensor.
+# Eigendecompositions queued on the helper thread before the caller waits; each
+# keeps a (k, k) float64 Gram matrix and a reference to its tensor.
 MAX_PENDING = 2
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Below this Frobenius norm the float32 Gram product may have underflowed.
 _MIN_TRUSTED_GRAM_NORM = 1e-30
 _MIN_GRAM_BLOCK = 64
-_background: ThreadPoolExecutor | None = None
+_helper: ThreadPoolExecutor | None = None
 
 
 class Spectrum:
-    """Singular values of one matrix, possibly still being computed on a background thread.
+    """Singular values of one matrix, possibly still being computed on the helper thread.
 
     Attributes
     ----------
     frobenius_sq : float
         Sum of squared entries (the trace of the Gram matrix), known at once.
     singular_values : torch.Tensor
-        float64, descending, ``min(rows, columns)`` values; reading it waits for
-        the background computation and re-raises its error.
+        float64, descending, ``min(rows, columns)`` values. Reading it waits for
+        the helper thread and re-raises its error.
     exact : bool
         True when the float64 path computed them.
     """
@@ -89,7 +95,7 @@ class Spectrum:
         return float(values[0]) if values.numel() else 0.0
 
     def wait(self) -> tuple[torch.Tensor, bool]:
-        """Return ``(singular_values, exact)``, waiting for the background thread if needed."""
+        """Return ``(singular_values, exact)`` once computed."""
         if self._result is None:
             self._result = self._pending.result()
             self._pending = None
@@ -123,15 +129,19 @@ def spectrum(
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
     if tall.shape[1] == 0:
         return Spectrum(0.0, (torch.zeros(0, dtype=torch.float64), True))
+    gram = None
     if matrix.dtype != torch.float64:
         gram = gram_float32(tall.float())
-        if _well_conditioned(gram):
-            gram = gram.double()
-            task = partial(_fast_eigenvalues, gram, tall, critical_values)
-            return _launch(task, float(gram.diagonal().sum()), executor)
-    values = tall.double()
-    gram = values.T @ values
-    return _launch(partial(_exact_eigenvalues, gram), float(gram.diagonal().sum()), executor)
+        gram = gram.double() if _well_conditioned(gram) else None
+    if gram is None:
+        values = tall.double()
+        gram = values.T @ values
+        task, frobenius_sq = (_exact_singular_values, gram), float(gram.diagonal().sum())
+    else:
+        task, frobenius_sq = (_fast_singular_values, gram, tall, critical_values), float(gram.diagonal().sum())
+    if executor is None:
+        return Spectrum(frobenius_sq, task[0](*task[1:]))
+    return Spectrum(frobenius_sq, pending=executor.submit(*task))
 
 
 def gram_float32(tall: torch.Tensor) -> torch.Tensor:
@@ -157,13 +167,14 @@ class SpectrumCache:
 
     Tensors reach the families one at a time, so the cache keeps only the last
     tensor's spectrum: the second family that requests it gets it for free.
-    With ``background=True`` the eigendecompositions run on one background
-    thread, at most ``MAX_PENDING`` at a time.
+    With ``helper_thread=True`` the eigendecompositions run on the process's
+    helper thread, at most ``MAX_PENDING`` ahead of the caller; read the
+    results after the last :meth:`get` of a checkpoint.
     """
 
-    def __init__(self, critical_values: tuple[float, ...] = (), background: bool = False):
+    def __init__(self, critical_values: tuple[float, ...] = (), helper_thread: bool = False):
         self.critical_values = critical_values
-        self._executor = _background_executor() if background else None
+        self._executor = _helper_executor() if helper_thread else None
         self._pending: deque[Spectrum] = deque()
         self._name: str | None = None
         self._spectrum: Spectrum | None = None
@@ -194,40 +205,65 @@ def effective_rank(singular_values: torch.Tensor) -> float:
     return math.exp(float(-(p * p.log()).sum()))
 
 
-def _launch(task, frobenius_sq: float, executor: ThreadPoolExecutor | None) -> Spectrum:
-    if executor is None:
-        return Spectrum(frobenius_sq, task())
-    return Spectrum(frobenius_sq, pending=executor.submit(task))
-
-
 def _well_conditioned(gram: torch.Tensor) -> bool:
     """Return True if the float32 Gram matrix passes the fast path's conditioning test."""
     frobenius = float(torch.linalg.matrix_norm(gram))
     if not math.isfinite(frobenius) or frobenius < _MIN_TRUSTED_GRAM_NORM:
         return False  # squared entries overflowed or underflowed float32
     shifted = gram - FAST_PATH_MIN_CONDITION * frobenius * torch.eye(gram.shape[0], dtype=gram.dtype)
-    return not int(torch.linalg.cholesky_ex(shifted).info)
+    with _one_thread():
+        return not int(torch.linalg.cholesky_ex(shifted).info)
 
 
-def _fast_eigenvalues(gram: torch.Tensor, tall: torch.Tensor, critical_values) -> tuple[torch.Tensor, bool]:
-    """Eigenvalues of a float32 Gram product; the exact path if one is near a critical value."""
-    eigenvalues = torch.linalg.eigvalsh(gram)
+def _fast_singular_values(gram: torch.Tensor, tall: torch.Tensor, critical_values) -> tuple[torch.Tensor, bool]:
+    """Return singular values from a float32 Gram product, or the exact path's if one is near a critical value."""
+    with _one_thread():
+        eigenvalues = torch.linalg.eigvalsh(gram)
     allowance = FAST_PATH_ERROR * _FLOAT32_EPS * float(eigenvalues[-1])
     for value in critical_values:
         if bool(((eigenvalues - value * value).abs() <= allowance).any()):
             values = tall.double()
-            return _exact_eigenvalues(values.T @ values)
+            return _exact_singular_values(values.T @ values)
     return eigenvalues.clamp_min(0.0).flip(0).sqrt(), False
 
 
-def _exact_eigenvalues(gram: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0.0)
+def _exact_singular_values(gram: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    with _one_thread():
+        eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0.0)
     return eigenvalues.flip(0).sqrt(), True
 
 
-def _background_executor() -> ThreadPoolExecutor:
-    """Return the process's eigensolver thread, started on first use."""
-    global _background
-    if _background is None:
-        _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmap-eigvalsh")
-    return _background
+@contextmanager
+def _one_thread():
+    """Run the enclosed torch calls of this thread on one thread, then restore the count.
+
+    OpenMP and MKL thread counts are per calling thread in torch, so this does
+    not slow down torch calls on other threads.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _helper_executor() -> ThreadPoolExecutor:
+    """Return the process's eigendecomposition thread, started on first use."""
+    global _helper
+    if _helper is None:
+        _helper = ThreadPoolExecutor(1, thread_name_prefix="trainmap-eigvalsh")
+    return _helper
+
+
+def _forget_helper_after_fork() -> None:
+    """A forked child has no helper thread; let it start its own."""
+    global _helper
+    _helper = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper_after_fork)
