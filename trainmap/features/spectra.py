@@ -25,14 +25,14 @@ Accuracy of the exact path: eigenvalues of the float64 Gram matrix are accurate
 to about 1e-16 times the largest one, so singular values down to about 1e-8 of
 the largest one are resolved.
 
-Threads: LAPACK calls run on one thread. At these sizes (k of a few hundred to a
-few thousand) they make many small parallel calls: with two threads and
-``OMP_WAIT_POLICY=PASSIVE`` (what the CLI sets, because spinning threads stall
-under contention) a 768 x 768 ``eigvalsh`` took 3.6 times as long as with one
-thread, and spinning threads gained only about a quarter on an idle machine
-(2-core Xeon, torch 2.13 with MKL). The eigendecomposition is also the slowest
-step, so :class:`SpectrumCache` can run it on a helper thread while the caller
-reads the next tensor and forms its Gram product.
+Threads: eigendecompositions run on one thread. At these sizes (k of a few
+hundred to a few thousand) they make many small parallel calls. With two
+threads and ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI sets, because spinning
+threads stall under contention) a 768 x 768 ``eigvalsh`` took 3.6 times as long
+as with one thread, and spinning threads gained only about a quarter on an idle
+machine (2-core Xeon, torch 2.13 with MKL). The eigendecomposition is also the
+slowest step, so :class:`SpectrumCache` can run it on a helper thread while the
+caller reads the next tensor and forms its Gram product.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ FAST_PATH_MIN_CONDITION = 1e-3
 # power-law spectra of Pythia-160M shapes stay below 3 epsilons.
 FAST_PATH_ERROR = 8.0
 # Eigendecompositions queued on the helper thread before the caller waits; each
-# keeps a (k, k) float64 Gram matrix and a reference to its tensor.
+# keeps a (k, k) Gram matrix and a reference to its tensor.
 MAX_PENDING = 2
 _FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Below this Frobenius norm the float32 Gram product may have underflowed.
@@ -129,16 +129,17 @@ def spectrum(
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
     if tall.shape[1] == 0:
         return Spectrum(0.0, (torch.zeros(0, dtype=torch.float64), True))
-    gram = None
+    task = None
     if matrix.dtype != torch.float64:
         gram = gram_float32(tall.float())
-        gram = gram.double() if _well_conditioned(gram) else None
-    if gram is None:
+        if _well_conditioned(gram):
+            gram = gram.double()
+            task = (_fast_singular_values, gram, tall, critical_values)
+    if task is None:
         values = tall.double()
         gram = values.T @ values
-        task, frobenius_sq = (_exact_singular_values, gram), float(gram.diagonal().sum())
-    else:
-        task, frobenius_sq = (_fast_singular_values, gram, tall, critical_values), float(gram.diagonal().sum())
+        task = (_exact_singular_values, gram)
+    frobenius_sq = float(gram.diagonal().sum())
     if executor is None:
         return Spectrum(frobenius_sq, task[0](*task[1:]))
     return Spectrum(frobenius_sq, pending=executor.submit(*task))
@@ -211,12 +212,12 @@ def _well_conditioned(gram: torch.Tensor) -> bool:
     if not math.isfinite(frobenius) or frobenius < _MIN_TRUSTED_GRAM_NORM:
         return False  # squared entries overflowed or underflowed float32
     shifted = gram - FAST_PATH_MIN_CONDITION * frobenius * torch.eye(gram.shape[0], dtype=gram.dtype)
-    with _one_thread():
-        return not int(torch.linalg.cholesky_ex(shifted).info)
+    return not int(torch.linalg.cholesky_ex(shifted).info)
 
 
 def _fast_singular_values(gram: torch.Tensor, tall: torch.Tensor, critical_values) -> tuple[torch.Tensor, bool]:
-    """Return singular values from a float32 Gram product, or the exact path's if one is near a critical value."""
+    """Return ``(singular values, False)`` from a float32 Gram product, or the exact path's
+    ``(singular values, True)`` if one is too close to a critical value."""
     with _one_thread():
         eigenvalues = torch.linalg.eigvalsh(gram)
     allowance = FAST_PATH_ERROR * _FLOAT32_EPS * float(eigenvalues[-1])
@@ -239,6 +240,10 @@ def _one_thread():
 
     OpenMP and MKL thread counts are per calling thread in torch, so this does
     not slow down torch calls on other threads.
+
+    NOTE: torch also keeps a process-wide default that a thread copies on its
+    first parallel call; a thread starting inside this block begins with one
+    thread.
     """
     threads = torch.get_num_threads()
     if threads == 1:
