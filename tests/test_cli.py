@@ -34,10 +34,10 @@ def test_missing_table_is_an_error_message(tmp_path, capsys):
     assert "trainmap extract" in capsys.readouterr().err
 
 
-def test_train_requires_horizon(micro_table, tmp_path, capsys):
+def test_train_rejects_invalid_horizon(micro_table, tmp_path, capsys):
     _, path = micro_table
-    assert main(["train", str(path), "-o", str(tmp_path / "m")]) == 2
-    assert "--horizon" in capsys.readouterr().err
+    assert main(["train", str(path), "--horizon", "ten", "-o", str(tmp_path / "m")]) == 2
+    assert "invalid horizon 'ten'" in capsys.readouterr().err
 
 
 def test_config_file_sets_defaults_and_cli_wins(tmp_path):
@@ -48,7 +48,7 @@ def test_config_file_sets_defaults_and_cli_wins(tmp_path):
     config_file.write_text("[train]\nhorizon = 12\nthreshold = 2.0\n")
     args = build_parser().parse_args(["--config", str(config_file), "train", "t.parquet", "-o", "m", "--threshold", "3.0"])
     config = _resolve(TrainConfig, args)
-    assert config.horizon == 12
+    assert config.horizon == ["12"]
     assert config.threshold == 3.0
 
 

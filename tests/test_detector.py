@@ -61,3 +61,66 @@ def test_save_load_gives_identical_risks(tmp_path):
     state = detector.save(tmp_path)
     loaded = OutlierDetector.load(tmp_path, state)
     assert np.array_equal(loaded.predict_proba(X), detector.predict_proba(X))
+
+
+def strong_planted(n_runs: int, n_outliers: int, seed: int):
+    """Run vectors with 30 noise columns where outliers sit 4 units out in three of them."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_runs, 30))
+    y = np.zeros(n_runs, dtype=int)
+    y[:n_outliers] = 1
+    X[:n_outliers, :3] += 4.0
+    return X, y
+
+
+def test_ten_runs_two_outliers_rank_sensibly():
+    # One outlier per training fold: the auto detector must fall back to the centroid.
+    scores = []
+    for seed in range(10):
+        X, y = strong_planted(10, 2, seed)
+        _, metrics = cross_validate(X, y, [f"r{i}" for i in range(10)], {})
+        scores.append(metrics["auroc"])
+    assert np.mean(scores) >= 0.85
+
+
+def test_auto_kind_follows_outlier_count():
+    X, y = strong_planted(10, 2, 0)
+    assert OutlierDetector().fit(X, y).kind_ == "centroid"
+    X, y = strong_planted(30, 6, 0)
+    assert OutlierDetector().fit(X, y).kind_ == "trees"
+
+
+@pytest.mark.parametrize("kind", ["trees", "centroid"])
+def test_contributions_sum_to_decision(kind):
+    X, y = strong_planted(20, 5, 1)
+    detector = OutlierDetector(kind=kind).fit(X, y)
+    assert detector.contributions(X).sum(axis=1) == pytest.approx(detector.decision_function(X), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["trees", "centroid"])
+def test_save_load_identical_for_each_kind(kind, tmp_path):
+    X, y = strong_planted(20, 5, 2)
+    detector = OutlierDetector(kind=kind).fit(X, y)
+    loaded = OutlierDetector.load(tmp_path, detector.save(tmp_path))
+    assert np.array_equal(loaded.predict_proba(X), detector.predict_proba(X))
+
+
+def test_prior_shift_keeps_base_rate():
+    X = np.random.default_rng(3).normal(size=(40, 5))
+    y = np.zeros(40, dtype=int)
+    y[:4] = 1
+    detector = OutlierDetector(kind="trees", calibration="none").fit(X, y)
+    assert detector.prior_shift_ == pytest.approx(np.log(4 / 36))
+
+
+def test_calibration_needs_enough_outliers():
+    X, y = strong_planted(30, 6, 4)
+    assert OutlierDetector().fit(X, y).calibration_ is not None
+    X, y = strong_planted(30, 3, 4)
+    assert OutlierDetector().fit(X, y).calibration_ is None
+
+
+def test_invalid_kind_is_rejected():
+    X, y = strong_planted(10, 2, 0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        OutlierDetector(kind="forest").fit(X, y)

@@ -29,15 +29,22 @@ def trained(micro_runs, mlflow_store, tmp_path_factory):
     table = folder / "features.parquet"
     detector = folder / "models" / "micro"
     assert main(["extract", str(micro_runs), "-o", str(table)]) == 0
-    assert main(["train", str(table), "--horizon", HORIZON, "-o", str(detector)]) == 0
+    assert main(["train", str(table), "--horizon", "4", HORIZON, "-o", str(detector)]) == 0
     return table, detector
 
 
 def test_detector_folder_has_no_pickle(trained):
     _, detector = trained
     names = sorted(path.name for path in detector.iterdir())
-    assert names == ["cv_predictions.csv", "detector.json", "map.json", "map.png", "model.ubj"]
+    assert names == ["cv_predictions.csv", "detector.json", "importance.png", "map.json", "map.png"]
     assert not any(path.read_bytes().startswith(b"\x80") for path in detector.iterdir())
+
+
+def test_detector_has_one_model_per_horizon(trained):
+    _, detector = trained
+    state = json.loads((detector / "detector.json").read_text())
+    assert [entry["horizon"] for entry in state["horizons"]] == [4, 6]
+    assert state["detector_params"]["kind"] == "centroid"
 
 
 def test_mlflow_store_reads_back(trained, mlflow_store):
@@ -48,7 +55,7 @@ def test_mlflow_store_reads_back(trained, mlflow_store):
     assert {"extract", "train"} <= commands
     train_run = next(run for run in runs if run.data.tags["trainmap.command"] == "train")
     assert "cv_auroc" in train_run.data.metrics
-    assert train_run.data.params["horizon"] == HORIZON
+    assert train_run.data.params["horizon_steps"] == "[4, 6]"
     assert train_run.info.status == "FINISHED"
 
 
@@ -95,7 +102,20 @@ def test_score_before_horizon_names_step(trained, micro_runs, tmp_path, capsys):
     for step in (0, 1, 2):
         shutil.copytree(micro_runs / "seed0" / f"step{step}", early / f"step{step}")
     assert main(["score", str(early), "--detector", str(detector)]) == 2
-    assert "horizon is step 6" in capsys.readouterr().err
+    assert "smallest horizon is step 4" in capsys.readouterr().err
+
+
+def test_score_uses_largest_reached_horizon(trained, micro_runs, tmp_path, capsys):
+    _, detector = trained
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for step in (0, 1, 2, 4):
+        shutil.copytree(micro_runs / "seed7" / f"step{step}", partial / f"step{step}")
+    capsys.readouterr()
+    assert main(["score", str(partial), "--detector", str(detector), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["horizon"] == 4
+    assert result["horizons"] == [4, 6]
 
 
 def test_map_command_writes_png(trained, tmp_path):
@@ -108,8 +128,8 @@ def test_map_command_writes_png(trained, tmp_path):
 def test_training_is_reproducible(trained, tmp_path):
     table, detector = trained
     again = tmp_path / "models" / "again"
-    assert main(["train", str(table), "--horizon", HORIZON, "-o", str(again)]) == 0
-    first = json.loads((detector / "map.json").read_text())
-    second = json.loads((again / "map.json").read_text())
+    assert main(["train", str(table), "--horizon", "4", HORIZON, "-o", str(again)]) == 0
+    first = json.loads((detector / "map.json").read_text())["horizons"][HORIZON]
+    second = json.loads((again / "map.json").read_text())["horizons"][HORIZON]
     assert first["coords"] == second["coords"]
     assert (detector / "cv_predictions.csv").read_text() == (again / "cv_predictions.csv").read_text()

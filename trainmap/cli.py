@@ -35,18 +35,31 @@ EXAMPLES = {
         "trainmap extract runs/ -o features.parquet",
         "trainmap extract runs/ -o early.parquet --features hu --max-step 60",
         "trainmap extract runs/ -o rich.parquet --features hu,layers,qk,dynamics,loss",
+        "trainmap extract megatron-runs/ -o features.parquet --trust-pickles",
+    ],
+    "pull": [
+        "trainmap pull pythia/ --size 410m --seeds 0,1,2,3 --steps 0,1,2,4,1000:10000:1000",
+        "trainmap pull pythia/ --size 160m --seeds 5 --steps 0:4000:1000 --cache-dir /data/hf-cache --offline",
     ],
     "labels": [
         "trainmap labels features.parquet",
-        "trainmap labels features.parquet --threshold 3.0 --json",
+        "trainmap labels runs/ --spike-rise 1.0 --json",
     ],
     "train": [
         "trainmap train features.parquet --horizon 60 -o models/edge-lr",
-        "trainmap train features.parquet --horizon 60 -o models/hu-only --features hu --exclude seed22 seed23",
+        "trainmap train features.parquet --horizon 1% 2% 5% 10% 25% -o models/edge-lr --exclude seed46 seed47",
+        "trainmap train metrics.csv --run-column run_id --step-column iteration --labels labels.csv --horizon 500 -o models/mine",
     ],
     "score": [
         "trainmap score runs/seed23 --detector models/edge-lr",
         "trainmap score runs/seed23 --detector models/edge-lr --json",
+        "trainmap score runs/seed23 --detector models/edge-lr --trust-pickles",
+        "trainmap score --table metrics.csv --run run-7 --detector models/mine",
+    ],
+    "evaluate": [
+        "trainmap evaluate features.parquet -o evaluation/",
+        "trainmap evaluate features.parquet -o evaluation/ --horizon 5% 10% --methods detector hmm --folds 5",
+        "trainmap evaluate features.parquet -o cross-scale/ --test-table width48.parquet",
     ],
     "map": [
         "trainmap map features.parquet --horizon 60 -o map.png",
@@ -61,6 +74,8 @@ EXAMPLES = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``trainmap`` command line; return the exit status."""
+    from trainmap.checkpoints.errors import CheckpointError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -69,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Expected user errors: print the message, not a traceback.
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        # Expected user errors and damaged checkpoints: print the message, not a traceback.
         print(f"trainmap {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -90,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ensemble(commands)
     _add_extract(commands)
+    _add_pull(commands)
     _add_labels(commands)
     _add_train(commands)
+    _add_evaluate(commands)
     _add_score(commands)
     _add_map(commands)
     _add_demo(commands)
@@ -148,6 +165,7 @@ def _add_extract(commands) -> None:
                      help="comma-separated feature families from hu, layers, qk, unembed, scale, dynamics, loss, "
                           "or all (default hu,loss); docs/features.md defines each feature")
     sub.add_argument("--max-step", type=int, help="only checkpoints at steps <= this")
+    _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_extract)
 
 
@@ -162,26 +180,50 @@ def _run_extract(args) -> int:
     return 0
 
 
+def _add_pull(commands) -> None:
+    sub = _subparser(commands, "pull", "download Pythia or PolyPythias checkpoints into run folders")
+    sub.add_argument("out_dir", type=Path, help="folder that receives one pythia-<size>-seed<k>/ run folder per seed")
+    sub.add_argument("--size", required=True, help="model size, e.g. 14m, 160m, 410m, 1.4b")
+    sub.add_argument("--seeds", type=_int_list, default=[0],
+                     help="comma-separated seeds; 0 is EleutherAI/pythia-<size>, k is ...-seed<k> (default 0)")
+    sub.add_argument("--steps", required=True,
+                     help="training steps, e.g. '0,1,2,4,1000:10000:1000' (start:stop:stride, stop included)")
+    sub.add_argument("--cache-dir", type=Path, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    sub.add_argument("--offline", action="store_true", default=None,
+                     help="read only the cache, never the network (default: follow HF_HUB_OFFLINE)")
+    sub.set_defaults(handler=_run_pull)
+
+
+def _run_pull(args) -> int:
+    from trainmap import workflows
+    from trainmap.checkpoints.hub import parse_steps
+
+    steps = parse_steps(args.steps)
+    pulled = workflows.pull(args.size, args.seeds, steps, args.out_dir, args.cache_dir, args.offline)
+    runs = sorted({item.path.parent.name for item in pulled})
+    print(f"linked {len(pulled)} checkpoints of {len(runs)} runs under {args.out_dir}: {', '.join(runs)}")
+    return 0
+
+
 def _add_labels(commands) -> None:
     sub = _subparser(commands, "labels", "print each run's outlier label and the reason")
-    sub.add_argument("table", type=Path, help="feature table (Parquet)")
-    sub.add_argument("--threshold", type=float, default=3.5, help="modified z-score above which a run is an outlier")
-    sub.add_argument("--label-metric", default="loss/eval", help="outcome column read at each run's final step")
-    sub.add_argument("--labels", help="CSV with run,label that replaces the rule")
+    sub.add_argument("source", type=Path, help="feature table (Parquet, CSV, TSV) or a folder of runs")
+    _add_label_options(sub)
+    _add_table_options(sub)
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.set_defaults(handler=_run_labels)
 
 
 def _run_labels(args) -> int:
     from trainmap import workflows
-    from trainmap.features import read_table
+    from trainmap.models.training import TrainConfig
 
-    table = read_table(args.table)
-    frame, rule = workflows.labels(table, args.threshold, args.label_metric, args.labels)
+    config = _resolve(TrainConfig, args)
+    frame, rule = workflows.labels(args.source, config, _resolve(workflows.TableOptions, args))
     if args.json:
         print(frame.to_json(orient="records", indent=2))
         return 0
-    print(f"rule: {rule.describe() if not args.labels else 'labels from ' + args.labels}")
+    print(f"rule: {rule.describe() if not config.labels else 'labels from ' + config.labels}")
     print(frame[["run", "label", "reason"]].to_string(index=False))
     print(f"{int((frame['label'] == 1).sum())} outlier(s) among {len(frame)} runs")
     return 0
@@ -189,21 +231,15 @@ def _run_labels(args) -> int:
 
 def _add_train(commands) -> None:
     sub = _subparser(commands, "train", "train, cross-validate, save and register an outlier detector")
-    sub.add_argument("table", type=Path, help="feature table (Parquet)")
-    sub.add_argument("--horizon", type=int, help="last step the detector may look at (required)")
+    sub.add_argument("table", type=Path, help="feature table (Parquet, CSV or TSV)")
+    sub.add_argument("--horizon", nargs="+",
+                     help="horizons as steps or percentages of training, one detector each (default 1%% 2%% 5%% 10%% 25%%)")
     sub.add_argument("-o", "--output", type=Path, required=True, help="detector folder, e.g. models/NAME")
-    sub.add_argument("--threshold", type=float, help="modified z-score above which a run is an outlier (default 3.5)")
-    sub.add_argument("--label-metric", help="outcome column read at each run's final step (default loss/eval)")
-    sub.add_argument("--labels", help="CSV with run,label that replaces the rule")
-    sub.add_argument("--features", help="comma-separated families or column prefixes (default all)")
+    _add_label_options(sub)
+    _add_table_options(sub)
+    _add_detector_options(sub)
     sub.add_argument("--exclude", nargs="+", help="runs kept out of training")
     sub.add_argument("--name", help="registered model name in MLflow (default: the output folder name)")
-    sub.add_argument("--random-state", type=int, help="seed of the detector and the map (default 0)")
-    sub.add_argument("--n-estimators", type=int, help="boosting rounds (default 200)")
-    sub.add_argument("--max-depth", type=int, help="tree depth (default 2)")
-    sub.add_argument("--learning-rate", type=float, help="boosting shrinkage (default 0.05)")
-    sub.add_argument("--min-child-weight", type=float, help="minimum hessian per leaf (default 0.01)")
-    sub.add_argument("--colsample-bytree", type=float, help="column fraction per tree (default 0.5)")
     sub.set_defaults(handler=_run_train)
 
 
@@ -212,40 +248,81 @@ def _run_train(args) -> int:
     from trainmap.models.training import TrainConfig
 
     config = _resolve(TrainConfig, args)
-    if config.horizon is None:
-        raise ValueError("a horizon is required: pass --horizon STEP")
-    result = workflows.train(args.table, args.output, config)
-    cv = result.cv_metrics
+    result = workflows.train(args.table, args.output, config, table_options=_resolve(workflows.TableOptions, args))
     print(f"labels: {result.rule.describe() if not config.labels else 'from ' + config.labels}")
-    print(f"trained on {cv['n_runs']} runs ({cv['n_outliers']} outliers) at horizon step {config.horizon}, "
-          f"{len(result.artifact.spec.columns)} run-vector columns")
-    print(f"leave-one-run-out CV: AUROC {cv['auroc']:.3f}, average precision {cv['average_precision']:.3f}, "
-          f"Brier {cv['brier']:.3f}")
+    largest = result.artifact.models[-1]
+    print(f"trained on {len(largest.runs)} runs ({int(largest.labels.sum())} outliers); detector kind "
+          f"{result.detector_params['kind']}, calibration {result.detector_params['calibration']}")
+    print(_format_metrics(result.cv_table))
     print(f"detector saved to {args.output}; registered as {config.name or args.output.name} "
           f"version {result.registered_version}")
     return 0
 
 
+def _add_evaluate(commands) -> None:
+    sub = _subparser(commands, "evaluate", "compare the detector with baselines on the same splits by run")
+    sub.add_argument("table", type=Path, help="feature table (Parquet, CSV or TSV)")
+    sub.add_argument("-o", "--output", type=Path, required=True,
+                     help="folder for metrics.csv, predictions.csv and auroc.png")
+    sub.add_argument("--horizon", nargs="+", help="horizons as steps or percentages (default 1%% 2%% 5%% 10%% 25%%)")
+    sub.add_argument("--methods", nargs="+", help="methods to compare (default detector early_loss last_checkpoint hmm)")
+    sub.add_argument("--n-boot", type=int, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    sub.add_argument("--test-table", help="evaluate models trained on TABLE on this other ensemble's table")
+    _add_label_options(sub)
+    _add_table_options(sub)
+    _add_detector_options(sub)
+    sub.add_argument("--exclude", nargs="+", help="runs left out of the evaluation")
+    sub.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from trainmap import workflows
+    from trainmap.models.training import TrainConfig
+
+    config = _resolve(TrainConfig, args)
+    options = _resolve(workflows.EvaluateConfig, args)
+    report = workflows.evaluate(args.table, args.output, config, options,
+                                table_options=_resolve(workflows.TableOptions, args))
+    print(f"labels: {report['rule']}")
+    print(f"{report['n_runs']} runs, {report['n_outliers']} outliers; splits: {report['scheme']}; "
+          f"detector kind {report['detector_params']['kind']}")
+    print(_format_metrics(report["metrics"]))
+    for name, path in report["files"].items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _add_score(commands) -> None:
     sub = _subparser(commands, "score", "score a run's early checkpoints against a detector")
-    sub.add_argument("run_dir", type=Path, help="run folder holding step<N> checkpoints")
+    sub.add_argument("run_dir", type=Path, nargs="?", help="run folder holding step<N> checkpoints")
     sub.add_argument("--detector", type=Path, required=True, help="detector folder written by `trainmap train`")
+    sub.add_argument("--table", type=Path, help="score a run of this feature table instead of a run folder")
+    sub.add_argument("--run", help="with --table: the run to score")
+    _add_table_options(sub)
     sub.add_argument("--top", type=int, default=10, help="number of features to list (default 10)")
     sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_score)
 
 
 def _run_score(args) -> int:
     from trainmap import workflows
 
-    result = workflows.score(args.run_dir, args.detector, top=args.top, progress=not args.json)
+    if (args.run_dir is None) == (args.table is None):
+        raise ValueError("give either a run folder or --table with --run")
+    if args.table is not None and not args.run:
+        raise ValueError("--table needs --run to name the run to score")
+    result = workflows.score(args.run_dir, args.detector, top=args.top, progress=not args.json,
+                             table_path=args.table, run=args.run,
+                             table_options=_resolve(workflows.TableOptions, args),
+                             trust_pickles=bool(args.trust_pickles))
     print(workflows.to_json(result) if args.json else "\n".join(result.lines()))
     return 0
 
 
 def _add_map(commands) -> None:
     sub = _subparser(commands, "map", "draw the training map of a feature table")
-    sub.add_argument("table", type=Path, help="feature table (Parquet)")
+    sub.add_argument("table", type=Path, help="feature table (Parquet, CSV or TSV)")
     sub.add_argument("--horizon", type=int, help="last step drawn (required)")
     sub.add_argument("-o", "--output", type=Path, required=True, help="image file (.png, .svg or .pdf)")
     sub.add_argument("--threshold", type=float, help="label threshold, as for train (default 3.5)")
@@ -253,6 +330,7 @@ def _add_map(commands) -> None:
     sub.add_argument("--labels", help="CSV with run,label that replaces the rule")
     sub.add_argument("--features", help="comma-separated families or column prefixes (default all)")
     sub.add_argument("--random-state", type=int, help="UMAP seed (default 0)")
+    _add_table_options(sub)
     sub.set_defaults(handler=_run_map)
 
 
@@ -262,16 +340,16 @@ def _run_map(args) -> int:
     config = _resolve(workflows.MapConfig, args)
     if config.horizon is None:
         raise ValueError("a horizon is required: pass --horizon STEP")
-    path = workflows.draw_map(args.table, args.output, config)
+    path = workflows.draw_map(args.table, args.output, config, table_options=_resolve(workflows.TableOptions, args))
     print(f"wrote the training map to {path}")
     return 0
 
 
 def _add_demo(commands) -> None:
-    sub = _subparser(commands, "demo", "run the whole job on a small CPU ensemble (about 5 minutes)")
+    sub = _subparser(commands, "demo", "run the whole job on a small CPU ensemble (about 3 minutes)")
     sub.add_argument("--workdir", help="output folder (default ./trainmap-demo)")
     sub.add_argument("--seeds", type=int, help="runs in the ensemble (default 24)")
-    sub.add_argument("--horizon", type=int, help="detector horizon step (default 60 of 300)")
+    sub.add_argument("--horizon", nargs="+", help="detector horizons, steps or percentages (default 5%% 10%% 20%%)")
     sub.add_argument("--workers", type=int, help="runs trained at once (default 2)")
     sub.add_argument("--threshold", type=float, help="label threshold (default 3.5)")
     sub.set_defaults(handler=_run_demo)
@@ -290,6 +368,47 @@ def _run_demo(args) -> int:
 # ---------------------------------------------------------------- helpers
 
 
+def _add_label_options(sub) -> None:
+    sub.add_argument("--threshold", type=float, help="modified z-score above which a run is an outlier (default 3.5)")
+    sub.add_argument("--label-metric", help="outcome column read at each run's final step (default loss/eval)")
+    sub.add_argument("--spike-rise", type=float,
+                     help="label runs whose smoothed train loss rises this many nats above its running minimum "
+                          "and never recovers (default: rule off)")
+    sub.add_argument("--spike-window", type=int, help="trailing-mean window of the spike rule, in steps (default 10)")
+    sub.add_argument("--spike-tolerance", type=float,
+                     help="distance above the pre-spike minimum that counts as recovered (default spike-rise/2)")
+    sub.add_argument("--labels", help="CSV with run,label that replaces the rules")
+
+
+def _add_table_options(sub) -> None:
+    sub.add_argument("--run-column", help="run column of a table made by another tool (default run)")
+    sub.add_argument("--step-column", help="step column of a table made by another tool (default step)")
+
+
+def _add_detector_options(sub) -> None:
+    sub.add_argument("--features", help="comma-separated families or column prefixes (default all)")
+    sub.add_argument("--folds", type=int, help="stratified folds of runs (default: leave one run out)")
+    sub.add_argument("--random-state", type=int, help="seed of the detector, folds and map (default 0)")
+    sub.add_argument("--kind", choices=["auto", "trees", "centroid"],
+                     help="detector model: XGBoost trees, shrunken centroid, or auto by outlier count (default auto)")
+    sub.add_argument("--min-tree-positives", type=int, help="fewest outliers for which auto picks trees (default 5)")
+    sub.add_argument("--centroid-features", type=int, help="columns the shrunken centroid keeps (default 20)")
+    sub.add_argument("--calibration", choices=["auto", "sigmoid", "none"],
+                     help="sigmoid calibration of probabilities (default auto: with >= 4 outliers)")
+    sub.add_argument("--n-estimators", type=int, help="boosting rounds (default 200)")
+    sub.add_argument("--max-depth", type=int, help="tree depth (default 2)")
+    sub.add_argument("--learning-rate", type=float, help="boosting shrinkage (default 0.05)")
+    sub.add_argument("--min-child-weight", type=float, help="minimum hessian per leaf (default 0.01)")
+    sub.add_argument("--colsample-bytree", type=float, help="column fraction per tree (default 0.5)")
+
+
+def _format_metrics(metrics) -> str:
+    """Return a metrics table (per method and horizon) as aligned text."""
+    columns = [c for c in ("method", "horizon", "fraction", "auroc", "auroc_low", "auroc_high",
+                           "average_precision", "brier") if c in metrics.columns]
+    return metrics[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}")
+
+
 def _subparser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
     examples = "\n".join(f"  {line}" for line in EXAMPLES[name])
     return commands.add_parser(
@@ -299,6 +418,22 @@ def _subparser(commands, name: str, help_text: str) -> argparse.ArgumentParser:
         epilog=f"examples:\n{examples}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_trust_pickles(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--trust-pickles", action="store_true", default=None,
+        help="fully unpickle torch files that need Python globals (e.g. argparse.Namespace); this can "
+             "run code from the files, so use it only for files you trust; such checkpoints get "
+             "flag/trusted_pickle",
+    )
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _section(args, command: str) -> dict:
@@ -319,18 +454,39 @@ def _section(args, command: str) -> dict:
     return data.get(command, {})
 
 
+# Configuration dataclasses of each command, as "module:Class"; a config file's
+# [command] table may set any of their fields.
+COMMAND_CONFIGS = {
+    "ensemble": ["trainmap.ensemble.trainer:EnsembleConfig"],
+    "extract": ["trainmap.workflows:ExtractConfig"],
+    "labels": ["trainmap.models.training:TrainConfig", "trainmap.workflows:TableOptions"],
+    "train": ["trainmap.models.training:TrainConfig", "trainmap.workflows:TableOptions"],
+    "evaluate": ["trainmap.models.training:TrainConfig", "trainmap.workflows:EvaluateConfig",
+                 "trainmap.workflows:TableOptions"],
+    "score": ["trainmap.workflows:TableOptions"],
+    "map": ["trainmap.workflows:MapConfig", "trainmap.workflows:TableOptions"],
+    "demo": ["trainmap.demo:DemoConfig"],
+}
+EXTRA_KEYS = {"ensemble": {"workers"}}
+
+
 def _resolve(config_class, args):
     """Build ``config_class`` from defaults, the config file, then the command line."""
+    import importlib
+
     fields = {field.name for field in dataclasses.fields(config_class)}
-    values = {}
     section = _section(args, args.command)
-    unknown = sorted(set(section) - fields - {"workers"})
+    allowed = set(EXTRA_KEYS.get(args.command, set()))
+    for dotted in COMMAND_CONFIGS.get(args.command, []):
+        module, name = dotted.split(":")
+        allowed |= {field.name for field in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    unknown = sorted(set(section) - allowed)
     if unknown:
         raise ValueError(
             f"config file {args.config} [{args.command}] has unknown key(s) {unknown}; "
-            f"allowed: {sorted(fields)}"
+            f"allowed: {sorted(allowed)}"
         )
-    values.update({key: value for key, value in section.items() if key in fields})
+    values = {key: value for key, value in section.items() if key in fields}
     for name in fields:
         value = getattr(args, name, None)
         if value is not None:

@@ -55,8 +55,9 @@ class DemoConfig:
     ----------
     workdir : str
         Folder that receives runs, feature table, detector, map and MLflow store.
-    horizon : int
-        Last step the detector may use (60 of 300 steps: 20% of training).
+    horizon : list of str
+        Detector horizons, as percentages of training or steps; the largest (20%,
+        step 60 of 300) is the one the held-out runs are scored at.
     workers : int
         Runs trained at once.
     threshold : float
@@ -66,7 +67,7 @@ class DemoConfig:
     """
 
     workdir: str = "trainmap-demo"
-    horizon: int = 60
+    horizon: list[str] = field(default_factory=lambda: ["5%", "10%", "20%"])
     workers: int = 2
     threshold: float = 3.5
     ensemble: EnsembleConfig = field(default_factory=demo_ensemble)
@@ -125,20 +126,26 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
     for line in summary.lines():
         echo(f"      {line}")
 
-    label_frame, rule = workflows.labels(table, threshold=config.threshold)
+    label_frame, rule = workflows.labels(table, TrainConfig(threshold=config.threshold))
     echo(f"[3/6] labelling runs: {rule.describe()}")
     for _, row in label_frame.iterrows():
         tag = {1.0: "OUTLIER", 0.0: "stable"}.get(row["label"], "unknown")
         echo(f"      {row['run']:<8} {tag:<8} {row['reason']}")
     holdout = choose_holdout(label_frame)
 
-    echo(f"[4/6] training the detector at horizon step {config.horizon}, holding out {', '.join(holdout)}")
+    echo(f"[4/6] training detectors at horizons {', '.join(config.horizon)} of training, "
+         f"holding out {', '.join(holdout)}")
     train_config = TrainConfig(horizon=config.horizon, threshold=config.threshold, exclude=holdout,
                                name="demo-detector")
-    result = workflows.train(table_path, detector_dir, train_config, workdir)
+    result = workflows.train(table_path, detector_dir, train_config, workdir, progress=progress)
     cv = result.cv_metrics
-    echo(f"      leave-one-run-out CV over {cv['n_runs']} runs ({cv['n_outliers']} outliers): "
-         f"AUROC {cv['auroc']:.3f}, average precision {cv['average_precision']:.3f}, Brier {cv['brier']:.3f}")
+    echo(f"      leave-one-run-out CV over {cv['n_runs']} runs ({cv['n_outliers']} outliers), "
+         f"detector kind {result.detector_params['kind']}:")
+    for _, row in result.cv_table.iterrows():
+        echo(f"      step {row['horizon']:>4} ({row['fraction']:.0%}): AUROC {row['auroc']:.3f} "
+             f"[{row['auroc_low']:.2f}, {row['auroc_high']:.2f}], average precision "
+             f"{row['average_precision']:.3f}, Brier {row['brier']:.3f}")
+    horizon = result.artifact.horizons[-1]
 
     echo("[5/6] scoring the held-out runs")
     scores = {}
@@ -152,9 +159,9 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
             echo(f"      {line}")
 
     echo(f"[6/6] drawing the training map into {map_path}")
-    workflows.draw_map(table_path, map_path, workflows.MapConfig(horizon=config.horizon, threshold=config.threshold),
+    workflows.draw_map(table_path, map_path, workflows.MapConfig(horizon=horizon, threshold=config.threshold),
                        workdir)
-    _draw_detector_map(result, table, label_frame, holdout, scores, config, detector_dir)
+    _draw_detector_map(result, table, label_frame, holdout, scores, horizon, detector_dir)
 
     uri = tracking.tracking_uri(workdir)
     outputs = {
@@ -181,16 +188,16 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
     return outputs
 
 
-def _draw_detector_map(result, table, label_frame, holdout, scores, config: DemoConfig, detector_dir: Path) -> None:
-    """Draw the detector's run map with the held-out runs starred at their placements."""
+def _draw_detector_map(result, table, label_frame, holdout, scores, horizon: int, detector_dir: Path) -> None:
+    """Draw the detector's run map at ``horizon`` with the held-out runs starred."""
     from trainmap.map import draw_training_map
 
-    artifact = result.artifact
+    model = result.artifact.select(horizon)
     labels_map = dict(zip(label_frame["run"], label_frame["label"]))
-    run_coords = pd.DataFrame(artifact.coords, index=artifact.runs, columns=["x", "y"])
+    run_coords = pd.DataFrame(model.coords, index=model.runs, columns=["x", "y"])
     draw_training_map(
-        table[table["run"].isin(artifact.runs)], config.horizon, labels_map,
-        detector_dir / "map_with_holdout.png", features=artifact.spec.features,
+        table[table["run"].isin(model.runs)], horizon, labels_map,
+        detector_dir / "map_with_holdout.png", features=model.spec.features,
         run_coords=run_coords, highlight={run: scores[run].xy for run in holdout},
-        title=f"demo detector at step {config.horizon}: held-out runs starred",
+        title=f"demo detector at step {horizon}: held-out runs starred",
     )

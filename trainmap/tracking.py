@@ -49,10 +49,30 @@ def tracked_run(
     import mlflow
 
     _quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri(workdir))
-    mlflow.set_experiment(experiment)
+    uri = tracking_uri(workdir)
+    mlflow.set_tracking_uri(uri)
+    _ensure_experiment(experiment, uri)
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
         yield run
+
+
+def _ensure_experiment(name: str, uri: str) -> None:
+    """Select experiment ``name``, creating it with artifacts beside an SQLite store.
+
+    MLflow would otherwise put the artifacts of an SQLite store in ``./mlruns`` of
+    whatever folder the command runs from. For other stores (a tracking server),
+    the server chooses.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            database = Path(uri[len("sqlite:///"):])
+            location = (database.resolve().parent / "mlartifacts").as_uri()
+        client.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
 
 
 def log_config(config, prefix: str = "") -> None:
@@ -98,6 +118,36 @@ def log_table_preview(table, name: str) -> None:
     mlflow.log_table(data=table, artifact_file=name)
 
 
+def log_integrity(table, summary_lines: list[str], gaps: dict[str, list[int]]) -> None:
+    """Log a feature table's ``flag/*`` columns and the extraction summary.
+
+    ``integrity.json`` is an MLflow table with run, step and every flag, one row
+    per checkpoint. ``extraction_summary.json`` has the summary lines, the
+    schedule gaps per run and the rows with a defect flag.
+    """
+    import mlflow
+
+    flags = [column for column in table.columns if column.startswith("flag/")]
+    frame = table[["run", "step", *flags]]
+    mlflow.log_table(data=frame, artifact_file="integrity.json")
+    mlflow.log_dict({"summary": summary_lines, "gaps": gaps,
+                     "flagged": frame[_defect_rows(frame)].to_dict(orient="records")}, "extraction_summary.json")
+
+
+def _defect_rows(frame):
+    """Return a boolean Series, True for rows with a defect flag (notes such as ``flag/tied`` do not count)."""
+    from trainmap.checkpoints import READER_FLAGS, RUN_FLAGS
+    from trainmap.features.extract import COUNTED_FLAGS
+
+    defaults = {**READER_FLAGS, **RUN_FLAGS}
+    mask = frame["flag/incomplete"].astype(bool) | frame["flag/unreadable"].astype(bool)
+    mask |= frame["flag/nonfinite"] > 0
+    for column in COUNTED_FLAGS:
+        if column in frame:
+            mask |= frame[column] != defaults[column]
+    return mask
+
+
 def set_tags(tags: dict[str, str]) -> None:
     """Tag the active run."""
     import mlflow
@@ -106,11 +156,13 @@ def set_tags(tags: dict[str, str]) -> None:
 
 
 def log_detector_model(booster, detector_folder: str | Path, registered_name: str | None) -> str | None:
-    """Log the detector as an MLflow XGBoost model and register it.
+    """Log the detector as an MLflow model and register it under ``registered_name``.
 
-    The booster is saved in UBJSON (no pickle); the detector's metadata and map
-    files travel with it as extra files, so a registered version contains everything
-    ``trainmap score`` needs.
+    A tree detector is logged as an MLflow XGBoost model, with the booster saved in
+    UBJSON (no pickle) and the detector's JSON files as extra files, so a registered
+    version contains everything ``trainmap score`` needs. A shrunken-centroid
+    detector has no booster: its version points at the ``detector`` artifact
+    folder of the active run, which must already be logged.
 
     Returns
     -------
@@ -121,6 +173,19 @@ def log_detector_model(booster, detector_folder: str | Path, registered_name: st
     import sklearn
     import xgboost
 
+    if booster is None:
+        if registered_name is None:
+            return None
+        run = mlflow.active_run()
+        client = mlflow.MlflowClient()
+        try:
+            client.get_registered_model(registered_name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(registered_name)
+        version = client.create_model_version(
+            registered_name, source=f"{run.info.artifact_uri}/detector", run_id=run.info.run_id
+        )
+        return str(version.version)
     folder = Path(detector_folder)
     extra = [str(path) for path in sorted(folder.glob("*.json"))]
     info = mlflow.xgboost.log_model(
@@ -185,3 +250,12 @@ def log_child_curves(run_name: str, series: dict[str, dict[int, float]]) -> None
         client = mlflow.MlflowClient()
         for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             client.log_batch(child.info.run_id, metrics=metrics[start : start + 1000])
+
+
+@contextlib.contextmanager
+def child_run(run_name: str) -> Iterator["mlflow.ActiveRun"]:
+    """Start a run nested in the active one; it ends FAILED on an exception."""
+    import mlflow
+
+    with mlflow.start_run(run_name=run_name, nested=True) as run:
+        yield run

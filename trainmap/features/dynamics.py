@@ -131,7 +131,7 @@ class _Reference:
         try:
             if self.reader is None:
                 self.reader = open_checkpoint(self.ref)
-            if name not in self.reader.files:
+            if name not in self.reader.files and name not in self.reader.ties:
                 return None
             _, tensor = next(iter(self.reader.tensors([name])))
         except (OSError, ValueError, RuntimeError, SafetensorError, CheckpointError) as error:

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from trainmap.checkpoints import CheckpointError, CheckpointRef, Run, open_checkpoint
+from trainmap.checkpoints import (
+    READER_FLAGS,
+    RUN_FLAGS,
+    CheckpointError,
+    CheckpointRef,
+    Run,
+    RunIntegrity,
+    open_checkpoint,
+)
 from trainmap.features import dynamics, hu, layers, losses, qk, scale, unembed
 from trainmap.features.family import CheckpointContext
 from trainmap.features.gpt_neox import read_config
@@ -39,7 +47,15 @@ DEFAULT_FAMILIES = (hu.FAMILY, losses.FAMILY)
 # Feature names known before reading a checkpoint; the other families name
 # features per layer or per module type found in the checkpoint.
 STATIC_FEATURES = {hu.FAMILY: hu.FEATURES, unembed.FAMILY: unembed.FEATURES}
-FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error")
+FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error", *READER_FLAGS, *RUN_FLAGS)
+# Flags that mark a defect, counted by name in the summary; the other flags are notes.
+COUNTED_FLAGS = {
+    "flag/duplicate_of": "duplicate",
+    "flag/same_as_final": "same_as_final",
+    "flag/gap_before": "gap",
+    "flag/architecture_change": "architecture_change",
+    "flag/trusted_pickle": "trusted_pickle",
+}
 
 
 @dataclass
@@ -51,9 +67,13 @@ class ExtractionSummary:
     read : int
         Checkpoints whose tensors were read.
     flagged : Counter
-        Checkpoints per flag name (``nonfinite``, ``incomplete``, ``unreadable``).
+        Checkpoints per flag name (``nonfinite``, ``incomplete``, ``unreadable``,
+        ``duplicate``, ``same_as_final``, ``gap``, ``architecture_change``,
+        ``trusted_pickle``).
     skipped : list of (str, str)
         ``(checkpoint path, reason)`` for each checkpoint with no features.
+    gaps : dict of str to list of int
+        Steps missing from each run's regular schedule.
     families_skipped : Counter
         Checkpoints per ``(family, reason)`` for families that computed nothing.
     """
@@ -61,6 +81,7 @@ class ExtractionSummary:
     read: int = 0
     flagged: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    gaps: dict[str, list[int]] = field(default_factory=dict)
     families_skipped: Counter = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
@@ -73,6 +94,8 @@ class ExtractionSummary:
             lines.append("checkpoints flagged: 0")
         lines.append(f"checkpoints skipped: {len(self.skipped)}")
         lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
+        for run, steps in sorted(self.gaps.items()):
+            lines.append(f"run {run} is missing scheduled steps {', '.join(map(str, steps))}")
         for (family, reason), count in sorted(self.families_skipped.items()):
             lines.append(f"feature family {family}/ skipped for {count} checkpoint(s): {reason}")
         return lines
@@ -105,6 +128,7 @@ def resolve_families(names: str | list[str] | tuple[str, ...] | None) -> tuple[s
 def extract_checkpoint(
     ref: CheckpointRef,
     families: tuple[str, ...] = (hu.FAMILY,),
+    integrity: RunIntegrity | None = None,
     previous: CheckpointRef | None = None,
     initial: CheckpointRef | None = None,
 ) -> dict:
@@ -116,6 +140,9 @@ def extract_checkpoint(
         The checkpoint.
     families : tuple of str
         Feature families; families that are not tensor families are ignored.
+    integrity : RunIntegrity, optional
+        Collects the run-level flags; without it ``flag/gap_before`` and
+        ``flag/architecture_change`` keep their defaults.
     previous, initial : CheckpointRef, optional
         The run's closest earlier checkpoint and its step-0 checkpoint, read by
         ``dynamics/``; :func:`extract_runs` finds them.
@@ -131,7 +158,7 @@ def extract_checkpoint(
     CheckpointError
         If the checkpoint is damaged in a way that makes its numbers meaningless.
     """
-    row, skipped = _extract_checkpoint(ref, families, previous, initial)
+    row, skipped = _extract_checkpoint(ref, families, integrity, previous, initial)
     for family, reason in skipped.items():
         logger.info("checkpoint %s: feature family %s/ skipped: %s", ref.path, family, reason)
     return row
@@ -172,17 +199,22 @@ def extract_runs(
         if max_step is None or ref.step <= max_step
     ]
     summary = ExtractionSummary()
+    integrity = {run.name: RunIntegrity(run) for run in runs}
     neighbours = causal_neighbours(checkpoints)
     rows = []
     for ref in tqdm(checkpoints, desc="extract", unit="ckpt", disable=not progress, dynamic_ncols=True):
         previous, initial = neighbours[ref]
-        row, skipped = _extract_checkpoint(ref, families, previous, initial)
-        _record(summary, ref, row)
+        row, skipped = _extract_checkpoint(ref, families, integrity[ref.run], previous, initial)
+        rows.append(row)
         for family, reason in skipped.items():
             if not summary.families_skipped[(family, reason)]:
                 logger.warning("run %s: feature family %s/ skipped: %s", ref.run, family, reason)
             summary.families_skipped[(family, reason)] += 1
-        rows.append(row)
+    run_flags = {name: checker.run_flags() for name, checker in integrity.items()}
+    for ref, row in zip(checkpoints, rows):
+        row.update(run_flags[ref.run].get(ref.step, {}))
+        _record(summary, ref, row)
+    summary.gaps = {name: checker.gaps for name, checker in integrity.items() if checker.gaps}
 
     table = pd.DataFrame(rows)
     if losses.FAMILY in families:
@@ -217,10 +249,13 @@ def causal_neighbours(
     return neighbours
 
 
-def _extract_checkpoint(ref, families, previous, initial) -> tuple[dict, dict[str, str]]:
+def _extract_checkpoint(ref, families, integrity, previous, initial) -> tuple[dict, dict[str, str]]:
     """Return the row of one checkpoint and ``{family: reason}`` for families that computed nothing."""
     row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
-           "flag/incomplete": False, "flag/unreadable": False, "flag/error": ""}
+           "flag/incomplete": False, "flag/unreadable": False, "flag/error": "",
+           **READER_FLAGS, **RUN_FLAGS}
+    if integrity is not None:
+        row["flag/gap_before"] = integrity.gap_before(ref.step)
     names = [feature for name in families for feature in STATIC_FEATURES.get(name, ())]
     row.update(dict.fromkeys(names, math.nan))
     if not ref.complete:
@@ -236,6 +271,7 @@ def _extract_checkpoint(ref, families, previous, initial) -> tuple[dict, dict[st
         reader = open_checkpoint(ref)
         row["flag/nonfinite"] = _first_pass(reader, selected)
         _more_passes(reader, selected)
+        row.update(reader.flags())
         for family in selected:
             row.update(family.finish())
     except CheckpointError:
@@ -244,24 +280,23 @@ def _extract_checkpoint(ref, families, previous, initial) -> tuple[dict, dict[st
         row["flag/unreadable"] = True
         row["flag/error"] = f"{type(error).__name__}: {error}"
         return row, {}
+    if integrity is not None:
+        row.update(integrity.observe(ref.step, row["flag/digest"], reader.parameters()))
     skipped = {family.name: family.skip_reason for family in selected if family.skip_reason}
     return row, skipped
 
 
 def _first_pass(reader, families) -> int:
     """Feed every tensor to every family; return the count of non-finite values."""
-    import torch
-
     nonfinite = 0
     for name, tensor in reader.tensors():
         finite = True
-        # Min and max are finite exactly when every value is (NaN propagates);
-        # one reduction is much cheaper than counting with isfinite.
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            nonfinite += bad
-            finite = False
-            logger.warning("checkpoint %s: tensor %s has %d non-finite values", reader.ref.path, name, bad)
+        if tensor.is_floating_point():
+            bad = reader.nonfinite.get(name, 0)  # counted by the reader in bounded memory
+            if bad:
+                nonfinite += bad
+                finite = False
+                logger.warning("checkpoint %s: tensor %s has %d non-finite values", reader.ref.path, name, bad)
         for family in families:
             family.visit(name, tensor, finite)
     return nonfinite
@@ -290,6 +325,10 @@ def _record(summary: ExtractionSummary, ref: CheckpointRef, row: dict) -> None:
     summary.read += 1
     if row["flag/nonfinite"]:
         summary.flagged["nonfinite"] += 1
+    defaults = {**READER_FLAGS, **RUN_FLAGS}
+    for flag, name in COUNTED_FLAGS.items():
+        if row[flag] != defaults[flag]:
+            summary.flagged[name] += 1
 
 
 def _add_loss_features(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
@@ -300,6 +339,9 @@ def _add_loss_features(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
         if not steps:
             continue
         series = losses.read_metrics(run.metrics_path)
+        for key, values in run.loss_history().items():
+            # metrics.jsonl wins over the Trainer's trainer_state.json log.
+            series[key] = {**values, **series.get(key, {})}
         per_step = losses.loss_features(series, steps)
         frame = pd.DataFrame.from_dict(per_step, orient="index")
         frame.index.name = "step"

@@ -66,8 +66,12 @@ def parse_parameter_name(name: str) -> ParameterName | None:
 
 
 def read_config(checkpoint_path: str | Path) -> dict:
-    """Return the checkpoint folder's ``config.json`` as a dict ({} if absent or invalid)."""
-    path = Path(checkpoint_path) / "config.json"
+    """Return the ``config.json`` beside a checkpoint as a dict ({} if absent or invalid).
+
+    ``checkpoint_path`` is a checkpoint folder or a single weight file.
+    """
+    folder = Path(checkpoint_path)
+    path = (folder if folder.is_dir() else folder.parent) / "config.json"
     if not path.is_file():
         return {}
     try:

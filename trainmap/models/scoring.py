@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from trainmap.models.artifact import DetectorArtifact
+from trainmap.models.artifact import DetectorArtifact, HorizonModel
+from trainmap.models.explain import aggregate
 from trainmap.models.vectors import run_vectors
 
 logger = logging.getLogger(__name__)
 
 
 class HorizonNotReached(ValueError):
-    """The run has no checkpoint at or beyond the detector's horizon yet."""
+    """The run has no checkpoint at or beyond the detector's smallest horizon yet."""
 
 
 @dataclass
@@ -37,28 +39,43 @@ class ScoreResult:
     ----------
     run : str
     risk : float
-        Outlier probability at the horizon.
+        Outlier probability at the horizon used.
     horizon : int
+        The largest horizon of the detector the run has reached.
+    horizons : list of int
+        Every horizon of the detector.
+    reached_step : int
+        The run's last checkpoint step.
     steps : list of int
         Checkpoint steps the run vector used.
     xy : list of float
-        Position on the detector's run map.
+        Position on the horizon's run map.
     neighbours : list of dict
         Nearest reference runs: name, label, distance.
     top_features : list of Contribution
         Columns with the largest positive contributions, largest first.
+    by_family, by_module : list of dict
+        Contributions summed by feature family and by module type.
+    missing_steps : list of int
+        Reference steps the run lacks (their columns were NaN).
     """
 
     run: str
     path: str
     risk: float
     horizon: int
+    horizons: list[int]
+    reached_step: int
     steps: list[int]
     xy: list[float]
     neighbours: list[dict] = field(default_factory=list)
     top_features: list[Contribution] = field(default_factory=list)
+    by_family: list[dict] = field(default_factory=list)
+    by_module: list[dict] = field(default_factory=list)
+    missing_steps: list[int] = field(default_factory=list)
     outlier_rate: float = float("nan")
     cv_auroc: float = float("nan")
+    detector_kind: str = ""
 
     def to_dict(self) -> dict:
         """Return a JSON-ready dict."""
@@ -69,86 +86,121 @@ class ScoreResult:
     def lines(self) -> list[str]:
         """Return a human-readable report."""
         out = [
-            f"run {self.run} ({self.path}) at horizon step {self.horizon}",
+            f"run {self.run} ({self.path}), checkpoints up to step {self.reached_step}",
+            f"  scored at horizon step {self.horizon}, the largest of the detector's horizons "
+            f"{self.horizons} that the run has reached",
             f"  checkpoints used: steps {', '.join(map(str, self.steps))}",
             f"  risk of becoming an outlier: {self.risk:.3f} "
-            f"(ensemble outlier rate {self.outlier_rate:.2f}, detector CV AUROC {self.cv_auroc:.2f})",
-            "  nearest ensemble runs on the map:",
+            f"(ensemble outlier rate {self.outlier_rate:.2f}, detector CV AUROC {self.cv_auroc:.2f} at this horizon)",
         ]
+        if self.missing_steps:
+            out.append(f"  missing checkpoints at steps {self.missing_steps} counted as the ensemble median")
+        out.append("  nearest ensemble runs on the map:")
         for neighbour in self.neighbours:
             out.append(f"    {neighbour['run']:<16} {neighbour['label']:<8} distance {neighbour['distance']:.2f}")
         if self.top_features:
             out.append("  features pushing the risk up most (log-odds contribution):")
             for item in self.top_features:
                 out.append(
-                    f"    {item.contribution:+.3f}  {item.column:<32} value {item.value:.6g} "
+                    f"    {item.contribution:+.3f}  {item.column:<36} value {item.value:.6g} "
                     f"({item.normalised:+.2f} MADs from the ensemble median)"
                 )
         else:
-            out.append("  no feature pushes the risk above the detector's base rate")
+            out.append("  no feature pushes the risk above the ensemble's base rate")
+        for title, groups in (("by family", self.by_family), ("by module type", self.by_module)):
+            text = ", ".join(f"{g['name']} {g['contribution']:+.3f}" for g in groups[:6])
+            out.append(f"  contributions {title}: {text}")
         return out
 
 
-def check_horizon(steps: list[int], horizon: int, run_path) -> None:
-    """Raise :class:`HorizonNotReached` when no step reaches ``horizon``."""
+def check_horizon(steps: list[int], artifact: DetectorArtifact, run_path) -> HorizonModel:
+    """Return the model of the largest horizon ``steps`` reach, or raise :class:`HorizonNotReached`."""
     reached = max(steps) if steps else None
-    if reached is None or reached < horizon:
+    model = None if reached is None else artifact.select(reached)
+    if model is None:
+        first = artifact.horizons[0]
         raise HorizonNotReached(
-            f"run {run_path} has checkpoints up to step {reached}, but the detector's "
-            f"horizon is step {horizon}; score it again once step{horizon} is saved, or "
-            "use a detector trained with a smaller --horizon"
+            f"run {run_path} has checkpoints up to step {reached}, but the detector's smallest "
+            f"horizon is step {first} (horizons {artifact.horizons}); score it again once "
+            f"step{first} is saved, or use a detector trained with a smaller --horizon"
         )
+    return model
 
 
 def score_run(run_dir: str | Path, artifact: DetectorArtifact, top: int = 10, progress: bool = True) -> ScoreResult:
-    """Extract a run's checkpoints up to the horizon and score it.
+    """Extract a run's checkpoints up to the usable horizon and score it.
 
     Raises
     ------
     HorizonNotReached
-        If the run has not reached the horizon.
+        If the run has not reached the detector's smallest horizon.
     """
     from trainmap.checkpoints import load_run
-    from trainmap.features.extract import extract_runs, resolve_families
+    from trainmap.features.extract import extract_runs
 
     run = load_run(run_dir)
-    horizon = artifact.spec.horizon
-    check_horizon(run.steps, horizon, run.path)
-    families = resolve_families([f for f in artifact.families if f in ("hu", "loss")])
-    table, _ = extract_runs([run], families=families, max_step=horizon, progress=progress)
-    return score_table(table, run.name, artifact, top=top, path=str(run.path))
+    model = check_horizon(run.steps, artifact, run.path)
+    table, _ = extract_runs([run], families=_families(model), max_step=model.horizon, progress=progress)
+    return score_table(table, run.name, artifact, top=top, path=str(run.path), reached_step=max(run.steps))
 
 
-def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: int = 10, path: str = "") -> ScoreResult:
-    """Score run ``run`` of an already extracted feature table."""
+def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: int = 10, path: str = "",
+                reached_step: int | None = None) -> ScoreResult:
+    """Score run ``run`` of an already extracted (or external) feature table."""
     from trainmap.map import place
 
-    spec = artifact.spec
-    steps = sorted(int(s) for s in table.loc[(table["run"] == run) & (table["step"] <= spec.horizon), "step"])
-    check_horizon(steps, spec.horizon, path or run)
-    vectors = run_vectors(table, spec, [run])
-    raw = vectors.to_numpy(dtype=float)
-    scaled = artifact.scaler.transform(raw)
-    risk = float(artifact.detector.predict_proba(scaled)[0, 1])
-    contributions = artifact.detector.contributions(scaled)[0, :-1]
-    placement = place(scaled[0], artifact.reference, artifact.coords, artifact.runs)
-    label_of = dict(zip(artifact.runs, artifact.labels))
-    cv = artifact.metadata.get("cv", {})
+    rows = table[table["run"] == run]
+    if rows.empty:
+        raise ValueError(f"run {run!r} is not in the feature table")
+    reached = int(rows["step"].max()) if reached_step is None else reached_step
+    model = check_horizon([reached], artifact, path or run)
+    spec = model.spec
+    present = set(int(s) for s in rows.loc[rows["step"] <= spec.horizon, "step"])
+    missing = sorted(set(spec.steps) - present)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # reported as missing_steps
+        raw = run_vectors(table, spec, [run]).to_numpy(dtype=float)
+    scaled = model.scaler.transform(raw)
+    risk = float(model.detector.predict_proba(scaled)[0, 1])
+    contributions = model.detector.contributions(scaled)[0, :-1]
+    placement = place(scaled[0], model.reference, model.coords, model.runs)
+    label_of = dict(zip(model.runs, model.labels))
+    groups = aggregate(spec.columns, contributions)
     return ScoreResult(
         run=run,
         path=path,
         risk=risk,
         horizon=spec.horizon,
-        steps=[s for s in steps if s in set(spec.steps)],
+        horizons=artifact.horizons,
+        reached_step=reached,
+        steps=[s for s in spec.steps if s in present],
         xy=[float(v) for v in placement.xy],
         neighbours=[
             {"run": name, "label": "outlier" if label_of[name] == 1 else "stable", "distance": distance}
             for name, distance in placement.neighbours
         ],
         top_features=_top_contributions(contributions, raw[0], scaled[0], spec.columns, top),
-        outlier_rate=float(np.mean(artifact.labels)),
-        cv_auroc=float(cv.get("auroc", float("nan"))),
+        by_family=groups["by_family"],
+        by_module=groups["by_module"],
+        missing_steps=missing,
+        outlier_rate=float(np.mean(model.labels)),
+        cv_auroc=float(model.cv.get("auroc", float("nan"))),
+        detector_kind=model.detector.kind_,
     )
+
+
+def _families(model: HorizonModel) -> tuple[str, ...]:
+    """Return the feature families a horizon's run vectors need."""
+    from trainmap.features.extract import ALL_FAMILIES
+
+    needed = {str(feature).split("/", 1)[0] for feature in model.spec.features}
+    unknown = sorted(needed - set(ALL_FAMILIES))
+    if unknown:
+        raise ValueError(
+            f"the detector uses feature columns of {unknown}, which trainmap cannot extract from "
+            "checkpoints (an external feature table?); score with --table instead"
+        )
+    return tuple(family for family in ALL_FAMILIES if family in needed)
 
 
 def _top_contributions(contributions, raw, scaled, columns, top: int) -> list[Contribution]:

@@ -172,3 +172,44 @@ def _warn_missing_steps(early: pd.DataFrame, runs: list[str], steps: list[int]) 
                 "columns are NaN",
                 stacklevel=3,
             )
+
+
+def resolve_horizons(table: pd.DataFrame, values: list[str | int]) -> list[int]:
+    """Turn horizon requests into checkpoint steps of the table.
+
+    Each value is a step (``"60"``) or a percentage of the final step
+    (``"5%"``). A request lands on the largest step at or below it that at least
+    half of the runs have (the first such step when the request is below all of
+    them); requests landing on the same step collapse into one.
+
+    Raises
+    ------
+    ValueError
+        If a value is neither an integer nor a percentage in (0, 100].
+    """
+    n_runs = table["run"].nunique()
+    counts = table.groupby("step")["run"].nunique()
+    common = sorted(int(step) for step, count in counts.items() if count * 2 >= n_runs)
+    final_step = int(table["step"].max())
+    steps = []
+    for value in values:
+        target = _horizon_target(str(value).strip(), final_step)
+        below = [step for step in common if step <= target]
+        steps.append(below[-1] if below else common[0])
+    return sorted(set(steps))
+
+
+def _horizon_target(text: str, final_step: int) -> float:
+    """Return the step a horizon request asks for."""
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return percent / 100 * final_step
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid horizon {text!r}; give a step such as 60 or a percentage of training "
+            "such as 5%"
+        ) from None
