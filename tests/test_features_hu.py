@@ -57,9 +57,15 @@ def pool_median(chunks: list[torch.Tensor]) -> tuple[float, int]:
 
 @pytest.fixture
 def small_keep_limit(monkeypatch):
-    """Make pools of a few thousand values take the bracket passes."""
+    """Make pools of a few thousand values find the median through brackets."""
     monkeypatch.setattr(streaming, "KEEP_ALL_LIMIT", 1000)
     monkeypatch.setattr(streaming, "SAMPLE_STRIDE", 7)
+
+
+@pytest.fixture
+def no_guess(small_keep_limit, monkeypatch):
+    """Drop the guessed bracket after the first tensor, so the sample's bracket passes run."""
+    monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
 
 
 def test_small_pool_median_needs_no_pass():
@@ -69,28 +75,62 @@ def test_small_pool_median_needs_no_pass():
     assert passes == 0
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_bracket_median_matches_torch(small_keep_limit, seed):
+def mixed_chunks(seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    chunks = [torch.randn(50, 41, generator=generator) * scale + shift
-              for scale, shift in ((0.02, 0.0), (1.0, 0.3), (1e-4, -0.01), (3.0, 0.0))]
+    return [torch.randn(50, 41, generator=generator) * scale + shift
+            for scale, shift in ((0.02, 0.0), (1.0, 0.3), (1e-4, -0.01), (3.0, 0.0))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_guessed_bracket_median_matches_torch(small_keep_limit, seed):
+    chunks = mixed_chunks(seed)
+    median, _ = pool_median(chunks)
+    assert median == torch.cat([c.flatten() for c in chunks]).median().item()
+
+
+def test_guessed_bracket_needs_no_pass_for_centred_weights(small_keep_limit):
+    generator = torch.Generator().manual_seed(20)
+    chunks = [torch.randn(40, 30, generator=generator) * scale for scale in (0.02, 0.05, 0.01, 0.03)]
+    median, passes = pool_median(chunks)
+    assert median == torch.cat([c.flatten() for c in chunks]).median().item()
+    assert passes == 0
+
+
+def test_guessed_bracket_miss_falls_back_to_sample(small_keep_limit):
+    # The first tensor sits far below the others, so the guess misses the median.
+    generator = torch.Generator().manual_seed(21)
+    chunks = [torch.randn(2000, generator=generator) - 50.0, torch.randn(3000, generator=generator)]
+    median, passes = pool_median(chunks)
+    assert median == torch.cat(chunks).median().item()
+    assert passes == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sample_bracket_median_matches_torch(no_guess, seed):
+    chunks = mixed_chunks(seed)
     median, passes = pool_median(chunks)
     assert median == torch.cat([c.flatten() for c in chunks]).median().item()
     assert passes == 1
 
 
-def test_bracket_median_with_ties(small_keep_limit):
-    chunks = [torch.zeros(3000), torch.ones(1500), -torch.ones(1499)]
+@pytest.mark.parametrize("guess", [True, False])
+def test_bracket_median_with_ties(small_keep_limit, monkeypatch, guess):
+    if not guess:
+        monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
+    chunks = [torch.ones(1500), torch.zeros(3000), -torch.ones(1499)]
     median, _ = pool_median(chunks)
     assert median == 0.0
 
 
-def test_bracket_median_of_constant_pool(small_keep_limit):
+@pytest.mark.parametrize("guess", [True, False])
+def test_bracket_median_of_constant_pool(small_keep_limit, monkeypatch, guess):
+    if not guess:
+        monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
     median, _ = pool_median([torch.full((2000,), 0.25), torch.full((3000,), 0.25)])
     assert median == 0.25
 
 
-def test_bracket_median_widens_after_unrepresentative_sample(small_keep_limit):
+def test_bracket_median_widens_after_unrepresentative_sample(no_guess):
     # Every sampled position (a multiple of the stride 7) contains a large value,
     # so the first bracket sits far above the true median.
     values = torch.randn(7000, generator=torch.Generator().manual_seed(5))
@@ -100,7 +140,10 @@ def test_bracket_median_widens_after_unrepresentative_sample(small_keep_limit):
     assert passes > 1
 
 
-def test_bracket_median_lower_median_for_even_count(small_keep_limit):
+@pytest.mark.parametrize("guess", [True, False])
+def test_bracket_median_lower_median_for_even_count(small_keep_limit, monkeypatch, guess):
+    if not guess:
+        monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
     values = torch.arange(4000, dtype=torch.float32)
     median, _ = pool_median([values[torch.randperm(4000, generator=torch.Generator().manual_seed(6))]])
     assert median == 1999.0
@@ -124,7 +167,10 @@ def test_pool_variance_when_mean_dominates():
     assert pool.variance() == pytest.approx(float(values.double().var()), rel=1e-6)
 
 
-def test_family_passes_match_reference(small_keep_limit, tmp_path):
+@pytest.mark.parametrize("guess", [True, False])
+def test_family_passes_match_reference(small_keep_limit, monkeypatch, tmp_path, guess):
+    if not guess:
+        monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
     generator = torch.Generator().manual_seed(9)
     tensors = {
         "gpt_neox.layers.0.mlp.dense_h_to_4h.weight": torch.randn(64, 16, generator=generator) * 0.02,

@@ -1,13 +1,16 @@
 """Mean, variance and exact lower median of values that arrive tensor by tensor.
 
 The median needs all values, but only one tensor may be in memory at a time. The
-first pass keeps every ``SAMPLE_STRIDE``-th value of the concatenated stream (a
-systematic sample) and, while the pool is small, every value. When the pool
-outgrows ``KEEP_ALL_LIMIT`` values, the sample brackets the median: a second pass
-counts the values below the bracket and keeps those inside it, and the median is
-read off the sorted values inside. If the bracket misses the median because the
-sample was unrepresentative, the next pass widens it. The widest bracket is
-unbounded, so the result is always exact.
+first pass keeps every value while the pool is small (``KEEP_ALL_LIMIT``), and
+every ``SAMPLE_STRIDE``-th value of the concatenated stream (a systematic
+sample). It also guesses a bracket from the central ``SPECULATIVE_SHARE`` of the
+first tensor, counts the values below it and keeps those inside it. When the
+median's rank falls inside, the median is read off the sorted values inside and
+no second pass is needed; weights spread around a common centre make this the
+usual case. Otherwise the sample brackets the median: a second pass counts and
+keeps values against that bracket. If it misses too (the sample was
+unrepresentative), the next pass widens it. The widest bracket is unbounded, so
+the result is always exact.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ KEEP_ALL_LIMIT = 1 << 20
 SAMPLE_STRIDE = 257  # a prime, so the sample does not follow row lengths
 # Bracket half-width in standard deviations of a sample quantile.
 BRACKET_SIGMAS = 4.0
+# Share of the first tensor's values, around its median, in the guessed bracket.
+SPECULATIVE_SHARE = 0.04
+# Values kept inside the guessed bracket before the guess is dropped (64 MB of
+# float32), so memory stays bounded for large models.
+SPECULATIVE_LIMIT = 1 << 24
 
 
 class StreamingPool:
@@ -44,6 +52,7 @@ class StreamingPool:
         self._below = 0
         self._inside: list[torch.Tensor] = []
         self._inside_count = 0
+        self._guessing = True
         self._median: float | None = None
 
     def add(self, tensor: torch.Tensor, sum_of_squares: float | None = None) -> None:
@@ -69,6 +78,8 @@ class StreamingPool:
             self._all_values.append(flat.float().clone())
             if self.count > KEEP_ALL_LIMIT:
                 self._all_values = None
+        if self._guessing:
+            self._guess(flat)
 
     def mean(self) -> float:
         return self._mean if self.count else math.nan
@@ -86,6 +97,7 @@ class StreamingPool:
             return False
         if self._bracket is not None and self._resolve(rank):
             return False
+        self._guessing = False
         self._next_bracket(rank)
         return True
 
@@ -120,6 +132,24 @@ class StreamingPool:
         self._mean += delta * count / total
         self._m2 += m2 + delta * delta * self.count * count / total
         self.count = total
+
+    def _guess(self, flat: torch.Tensor) -> None:
+        """Count one tensor against the guessed bracket, set from the first tensor."""
+        if self._bracket is None:
+            values = flat.float()
+            sample = values if values.numel() <= 1 << 16 else values[::SAMPLE_STRIDE]
+            ordered = torch.sort(sample).values
+            last = ordered.numel() - 1
+            low_index = int(last * (0.5 - SPECULATIVE_SHARE / 2))
+            high_index = int(math.ceil(last * (0.5 + SPECULATIVE_SHARE / 2)))
+            self._bracket = (float(ordered[low_index]), float(ordered[high_index]))
+        self.collect(flat)
+        if self._inside_count > SPECULATIVE_LIMIT:
+            self._guessing = False
+            self._bracket = None
+            self._below = 0
+            self._inside = []
+            self._inside_count = 0
 
     def _next_bracket(self, rank: int) -> None:
         """Choose a bracket around the median from the sample, wider each pass."""
