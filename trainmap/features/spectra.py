@@ -26,10 +26,10 @@ to about 1e-16 times the largest one, so singular values down to about 1e-8 of
 the largest one are resolved.
 
 Threads: eigendecompositions run on one thread. At these sizes (k of a few
-hundred to a few thousand) they make many small parallel calls. With two
-threads and ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI sets, because spinning
-threads stall under contention) a 768 x 768 ``eigvalsh`` took 3.6 times as long
-as with one thread, and spinning threads gained only about a quarter on an idle
+hundred to a few thousand) they make many small parallel calls. The CLI sets
+``OMP_WAIT_POLICY=PASSIVE`` because spinning threads stall under contention.
+With that policy and two threads, a 768 x 768 ``eigvalsh`` took 3.6 times as
+long as with one thread. Spinning threads gained only about a quarter on an idle
 machine (2-core Xeon, torch 2.13 with MKL). The eigendecomposition is also the
 slowest step, so :class:`SpectrumCache` can run it on a helper thread while the
 caller reads the next tensor and forms its Gram product.
@@ -169,8 +169,8 @@ class SpectrumCache:
     Tensors reach the families one at a time, so the cache keeps only the last
     tensor's spectrum: the second family that requests it gets it for free.
     With ``helper_thread=True`` the eigendecompositions run on the process's
-    helper thread, at most ``MAX_PENDING`` ahead of the caller; read the
-    results after the last :meth:`get` of a checkpoint.
+    helper thread, at most ``MAX_PENDING`` ahead of the caller. Read the
+    results after the last :meth:`get` of a checkpoint, so that they overlap.
     """
 
     def __init__(self, critical_values: tuple[float, ...] = (), helper_thread: bool = False):
@@ -242,8 +242,8 @@ def _one_thread():
     not slow down torch calls on other threads.
 
     NOTE: torch also keeps a process-wide default that a thread copies on its
-    first parallel call; a thread starting inside this block begins with one
-    thread.
+    first parallel call. A thread that starts inside this block therefore
+    begins with one thread.
     """
     threads = torch.get_num_threads()
     if threads == 1:

@@ -6,7 +6,7 @@ every ``SAMPLE_STRIDE``-th value of the concatenated stream (a systematic
 sample). It also guesses a bracket from the central ``SPECULATIVE_SHARE`` of the
 first tensor, counts the values below it and keeps those inside it. When the
 median's rank falls inside, the median is read off the sorted values inside and
-no second pass is needed; weights spread around a common centre make this the
+no second pass is needed. Weights spread around a common centre make this the
 usual case. Otherwise the sample brackets the median: a second pass counts and
 keeps values against that bracket. If it misses too (the sample was
 unrepresentative), the next pass widens it. The widest bracket is unbounded, so
