@@ -179,7 +179,6 @@ class SpectrumCache:
         self._pending: deque[Spectrum] = deque()
         self._name: str | None = None
         self._spectrum: Spectrum | None = None
-        self.computed = 0
 
     def get(self, name: str, matrix: torch.Tensor) -> Spectrum:
         """Return the spectrum of ``matrix``, the 2-D view of tensor ``name``."""
@@ -188,7 +187,6 @@ class SpectrumCache:
                 self._pending.popleft().wait()
             self._spectrum = spectrum(matrix, self.critical_values, self._executor)
             self._name = name
-            self.computed += 1
             if self._executor is not None:
                 self._pending.append(self._spectrum)
         return self._spectrum
