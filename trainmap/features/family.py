@@ -5,10 +5,10 @@ A family is a class constructed once per checkpoint with a
 
 1. calls ``visit(name, tensor, finite)`` for every tensor of the checkpoint, one
    tensor in memory at a time (float tensors arrive as float32);
-2. calls ``revisit_names()``; while it returns names, streams those tensors to
-   ``revisit(name, tensor)`` and calls ``revisit_names()`` again (each call
-   starts a new pass, for families that need a second look such as an exact
-   median);
+2. calls ``revisit_names()``. While it returns names, extraction streams those
+   tensors to ``revisit(name, tensor)`` and calls ``revisit_names()`` again.
+   Each call starts a new pass, for families that need another look, such as
+   an exact median;
 3. calls ``finish()``, which returns ``{feature name: value}``.
 
 After ``finish()``, ``skip_reason`` is None when the family computed its
