@@ -34,6 +34,7 @@ EXAMPLES = {
     "extract": [
         "trainmap extract runs/ -o features.parquet",
         "trainmap extract runs/ -o early.parquet --features hu --max-step 60",
+        "trainmap extract runs/ -o rich.parquet --features hu,layers,qk,dynamics,loss",
         "trainmap extract megatron-runs/ -o features.parquet --trust-pickles",
     ],
     "pull": [
@@ -160,7 +161,9 @@ def _add_extract(commands) -> None:
     sub = _subparser(commands, "extract", "compute the feature table of every run's checkpoints")
     sub.add_argument("runs_dir", type=Path, help="a run folder, or a folder of run folders")
     sub.add_argument("-o", "--output", type=Path, required=True, help="output Parquet feature table")
-    sub.add_argument("--features", dest="families", help="comma-separated families: hu, loss (default both)")
+    sub.add_argument("--features", dest="families",
+                     help="comma-separated feature families from hu, layers, qk, unembed, scale, dynamics, loss, "
+                          "or all (default hu,loss); docs/features.md defines each feature")
     sub.add_argument("--max-step", type=int, help="only checkpoints at steps <= this")
     _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_extract)

@@ -1,11 +1,12 @@
 """Turn checkpoints into feature-table rows.
 
-Each checkpoint is read tensor by tensor: every tensor is counted for non-finite
-values and handed to each feature family, and families that need a second look
-(the exact median of ``hu/``) get one more streaming pass. A checkpoint that
-cannot be read becomes a flagged row and extraction goes on; only
-:class:`~trainmap.checkpoints.CheckpointError` (numbers would be meaningless)
-stops it.
+Each checkpoint is read tensor by tensor. Every tensor is checked for non-finite
+values and handed to each feature family. Families that need another look (the
+exact median of ``hu/``, the gain-scaled query-key products of ``qk/``) get more
+streaming passes; :mod:`trainmap.features.family` describes the protocol. A
+checkpoint that cannot be read becomes a flagged row and extraction goes on.
+Only :class:`~trainmap.checkpoints.CheckpointError` (numbers would be
+meaningless) stops it.
 """
 
 from __future__ import annotations
@@ -26,12 +27,26 @@ from trainmap.checkpoints import (
     RunIntegrity,
     open_checkpoint,
 )
-from trainmap.features import hu, losses
+from trainmap.features import dynamics, hu, layers, losses, qk, scale, unembed
+from trainmap.features.family import CheckpointContext
+from trainmap.features.gpt_neox import read_config
+from trainmap.features.spectra import SpectrumCache
 
 logger = logging.getLogger(__name__)
 
-TENSOR_FAMILIES = {hu.FAMILY: hu.HuFamily}
-ALL_FAMILIES = (hu.FAMILY, losses.FAMILY)
+TENSOR_FAMILIES = {
+    hu.FAMILY: hu.HuFamily,
+    layers.FAMILY: layers.LayersFamily,
+    qk.FAMILY: qk.QueryKeyFamily,
+    unembed.FAMILY: unembed.UnembeddingFamily,
+    scale.FAMILY: scale.ScaleFamily,
+    dynamics.FAMILY: dynamics.DynamicsFamily,
+}
+ALL_FAMILIES = (*TENSOR_FAMILIES, losses.FAMILY)
+DEFAULT_FAMILIES = (hu.FAMILY, losses.FAMILY)
+# Feature names known before reading a checkpoint; the other families name
+# features per layer or per module type found in the checkpoint.
+STATIC_FEATURES = {hu.FAMILY: hu.FEATURES, unembed.FAMILY: unembed.FEATURES}
 FLAGS = ("flag/nonfinite", "flag/incomplete", "flag/unreadable", "flag/error", *READER_FLAGS, *RUN_FLAGS)
 # Flags that mark a defect, counted by name in the summary; the other flags are notes.
 COUNTED_FLAGS = {
@@ -59,12 +74,15 @@ class ExtractionSummary:
         ``(checkpoint path, reason)`` for each checkpoint with no features.
     gaps : dict of str to list of int
         Steps missing from each run's regular schedule.
+    families_skipped : Counter
+        Checkpoints per ``(family, reason)`` for families that computed nothing.
     """
 
     read: int = 0
     flagged: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     gaps: dict[str, list[int]] = field(default_factory=dict)
+    families_skipped: Counter = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
         """Return the summary as printable lines."""
@@ -78,32 +96,56 @@ class ExtractionSummary:
         lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
         for run, steps in sorted(self.gaps.items()):
             lines.append(f"run {run} is missing scheduled steps {', '.join(map(str, steps))}")
+        for (family, reason), count in sorted(self.families_skipped.items()):
+            lines.append(f"feature family {family}/ skipped for {count} checkpoint(s): {reason}")
         return lines
 
 
 def resolve_families(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """Validate a family selection such as ``"hu,loss"``; None selects all."""
+    """Validate a family selection such as ``"hu,layers,loss"``; None or ``"all"`` selects all.
+
+    Raises
+    ------
+    ValueError
+        If a name is not a family, or the selection is empty.
+    """
     if names is None:
         return ALL_FAMILIES
     if isinstance(names, str):
-        names = [name.strip() for name in names.split(",") if name.strip()]
+        names = [name.strip().rstrip("/") for name in names.split(",") if name.strip()]
+    if list(names) == ["all"]:
+        return ALL_FAMILIES
     unknown = [name for name in names if name not in ALL_FAMILIES]
     if unknown:
         raise ValueError(
-            f"unknown feature family {', '.join(unknown)}; choose from {', '.join(ALL_FAMILIES)}"
+            f"unknown feature family {', '.join(unknown)}; choose from {', '.join(ALL_FAMILIES)} or all"
         )
-    return tuple(names)
+    if not names:
+        raise ValueError(f"no feature family selected; choose from {', '.join(ALL_FAMILIES)} or all")
+    return tuple(dict.fromkeys(names))
 
 
 def extract_checkpoint(
     ref: CheckpointRef,
     families: tuple[str, ...] = (hu.FAMILY,),
     integrity: RunIntegrity | None = None,
+    previous: CheckpointRef | None = None,
+    initial: CheckpointRef | None = None,
 ) -> dict:
     """Compute the tensor features and flags of one checkpoint.
 
-    ``integrity`` collects the run-level flags; without it ``flag/gap_before`` and
-    ``flag/architecture_change`` keep their defaults.
+    Parameters
+    ----------
+    ref : CheckpointRef
+        The checkpoint.
+    families : tuple of str
+        Feature families; families that are not tensor families are ignored.
+    integrity : RunIntegrity, optional
+        Collects the run-level flags; without it ``flag/gap_before`` and
+        ``flag/architecture_change`` keep their defaults.
+    previous, initial : CheckpointRef, optional
+        The run's closest earlier checkpoint and its step-0 checkpoint, read by
+        ``dynamics/``; :func:`extract_runs` finds them.
 
     Returns
     -------
@@ -116,41 +158,15 @@ def extract_checkpoint(
     CheckpointError
         If the checkpoint is damaged in a way that makes its numbers meaningless.
     """
-    row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
-           "flag/incomplete": False, "flag/unreadable": False, "flag/error": "",
-           **READER_FLAGS, **RUN_FLAGS}
-    if integrity is not None:
-        row["flag/gap_before"] = integrity.gap_before(ref.step)
-    selected = [TENSOR_FAMILIES[name]() for name in families if name in TENSOR_FAMILIES]
-    names = [feature for name in families if name in TENSOR_FAMILIES for feature in _family_features(name)]
-    row.update(dict.fromkeys(names, math.nan))
-    if not ref.complete:
-        row["flag/incomplete"] = True
-        row["flag/error"] = "no weight file in the checkpoint folder (interrupted save?)"
-        return row
-    from safetensors import SafetensorError
-
-    try:
-        reader = open_checkpoint(ref)
-        row["flag/nonfinite"] = _first_pass(reader, selected)
-        _second_pass(reader, selected)
-        row.update(reader.flags())
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
-        row["flag/unreadable"] = True
-        row["flag/error"] = f"{type(error).__name__}: {error}"
-        return row
-    for family in selected:
-        row.update(family.finish())
-    if integrity is not None:
-        row.update(integrity.observe(ref.step, row["flag/digest"], reader.parameters()))
+    row, skipped = _extract_checkpoint(ref, families, integrity, previous, initial)
+    for family, reason in skipped.items():
+        logger.info("checkpoint %s: feature family %s/ skipped: %s", ref.path, family, reason)
     return row
 
 
 def extract_runs(
     runs: list[Run],
-    families: tuple[str, ...] = ALL_FAMILIES,
+    families: tuple[str, ...] = DEFAULT_FAMILIES,
     max_step: int | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, ExtractionSummary]:
@@ -161,7 +177,8 @@ def extract_runs(
     runs : list of Run
         Runs from :func:`~trainmap.checkpoints.find_runs`.
     families : tuple of str
-        Feature families; see :func:`resolve_families`.
+        Feature families; see :func:`resolve_families`. The default is
+        ``DEFAULT_FAMILIES`` (``hu`` and ``loss``).
     max_step : int, optional
         Only checkpoints at steps <= ``max_step`` (for scoring up to a horizon).
     progress : bool
@@ -183,9 +200,16 @@ def extract_runs(
     ]
     summary = ExtractionSummary()
     integrity = {run.name: RunIntegrity(run) for run in runs}
+    neighbours = causal_neighbours(checkpoints)
     rows = []
     for ref in tqdm(checkpoints, desc="extract", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        rows.append(extract_checkpoint(ref, families, integrity[ref.run]))
+        previous, initial = neighbours[ref]
+        row, skipped = _extract_checkpoint(ref, families, integrity[ref.run], previous, initial)
+        rows.append(row)
+        for family, reason in skipped.items():
+            if not summary.families_skipped[(family, reason)]:
+                logger.warning("run %s: feature family %s/ skipped: %s", ref.run, family, reason)
+            summary.families_skipped[(family, reason)] += 1
     run_flags = {name: checker.run_flags() for name, checker in integrity.items()}
     for ref, row in zip(checkpoints, rows):
         row.update(run_flags[ref.run].get(ref.step, {}))
@@ -200,8 +224,66 @@ def extract_runs(
     return table, summary
 
 
-def _family_features(name: str) -> tuple[str, ...]:
-    return {hu.FAMILY: hu.FEATURES}[name]
+def causal_neighbours(
+    checkpoints: list[CheckpointRef],
+) -> dict[CheckpointRef, tuple[CheckpointRef | None, CheckpointRef | None]]:
+    """Map each checkpoint to its run's closest earlier complete checkpoint and step-0 checkpoint.
+
+    Only checkpoints in ``checkpoints`` at lower steps (or step 0) qualify, so
+    features computed from them use steps <= the checkpoint's own step only. A
+    step-0 checkpoint is its own step-0 checkpoint; either entry is None when
+    there is no such checkpoint.
+    """
+    by_run: dict[str, list[CheckpointRef]] = {}
+    for ref in checkpoints:
+        by_run.setdefault(ref.run, []).append(ref)
+    neighbours = {}
+    for run_checkpoints in by_run.values():
+        previous = initial = None
+        for ref in sorted(run_checkpoints, key=lambda other: other.step):
+            neighbours[ref] = (previous, ref if ref.step == 0 else initial)
+            if ref.complete:
+                previous = ref
+                if ref.step == 0:
+                    initial = ref
+    return neighbours
+
+
+def _extract_checkpoint(ref, families, integrity, previous, initial) -> tuple[dict, dict[str, str]]:
+    """Return the row of one checkpoint and ``{family: reason}`` for families that computed nothing."""
+    row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
+           "flag/incomplete": False, "flag/unreadable": False, "flag/error": "",
+           **READER_FLAGS, **RUN_FLAGS}
+    if integrity is not None:
+        row["flag/gap_before"] = integrity.gap_before(ref.step)
+    names = [feature for name in families for feature in STATIC_FEATURES.get(name, ())]
+    row.update(dict.fromkeys(names, math.nan))
+    if not ref.complete:
+        row["flag/incomplete"] = True
+        row["flag/error"] = "no weight file in the checkpoint folder (interrupted save?)"
+        return row, {}
+    from safetensors import SafetensorError
+
+    spectra = SpectrumCache((hu.ZERO_SINGULAR_VALUE,), helper_thread=True)
+    context = CheckpointContext(ref, read_config(ref.path), previous, initial, spectra)
+    selected = [TENSOR_FAMILIES[name](context) for name in families if name in TENSOR_FAMILIES]
+    try:
+        reader = open_checkpoint(ref)
+        row["flag/nonfinite"] = _first_pass(reader, selected)
+        _more_passes(reader, selected)
+        row.update(reader.flags())
+        for family in selected:
+            row.update(family.finish())
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
+        row["flag/unreadable"] = True
+        row["flag/error"] = f"{type(error).__name__}: {error}"
+        return row, {}
+    if integrity is not None:
+        row.update(integrity.observe(ref.step, row["flag/digest"], reader.parameters()))
+    skipped = {family.name: family.skip_reason for family in selected if family.skip_reason}
+    return row, skipped
 
 
 def _first_pass(reader, families) -> int:
@@ -220,16 +302,17 @@ def _first_pass(reader, families) -> int:
     return nonfinite
 
 
-def _second_pass(reader, families) -> None:
-    """Give families that asked for it a second streaming look at their tensors."""
-    requested = {family: set(family.revisit_names()) for family in families}
-    names = sorted(set().union(*requested.values())) if requested else []
-    if not names:
-        return
-    for name, tensor in reader.tensors(names):
-        for family, family_names in requested.items():
-            if name in family_names:
-                family.revisit(name, tensor)
+def _more_passes(reader, families) -> None:
+    """Stream the tensors that families request again, until no family requests a pass."""
+    while True:
+        requested = {family: set(family.revisit_names()) for family in families}
+        names = sorted(set().union(*requested.values())) if requested else []
+        if not names:
+            return
+        for name, tensor in reader.tensors(names):
+            for family, family_names in requested.items():
+                if name in family_names:
+                    family.revisit(name, tensor)
 
 
 def _record(summary: ExtractionSummary, ref: CheckpointRef, row: dict) -> None:
