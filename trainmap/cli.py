@@ -33,6 +33,7 @@ EXAMPLES = {
     ],
     "extract": [
         "trainmap extract runs/ -o features.parquet",
+        "trainmap extract runs/ -o features.parquet --features all --workers 2",
         "trainmap extract runs/ -o early.parquet --features hu --max-step 60",
         "trainmap extract runs/ -o rich.parquet --features hu,layers,qk,dynamics,loss",
         "trainmap extract megatron-runs/ -o features.parquet --trust-pickles",
@@ -165,6 +166,13 @@ def _add_extract(commands) -> None:
                      help="comma-separated feature families from hu, layers, qk, unembed, scale, dynamics, loss, "
                           "or all (default hu,loss); docs/features.md defines each feature")
     sub.add_argument("--max-step", type=int, help="only checkpoints at steps <= this")
+    sub.add_argument("--workers", type=int, help="checkpoints extracted at once, one process each (default 1)")
+    sub.add_argument("--executor", choices=["local", "ray"],
+                     help="local process pool, or Ray (pip install 'trainmap[ray]'; default local)")
+    sub.add_argument("--device", help="cpu or cuda: where singular values are computed (default cpu)")
+    sub.add_argument("--cache-dir", help="result cache (default .OUTPUT.cache/ beside the output)")
+    sub.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                     help="recompute every checkpoint and store nothing")
     _add_trust_pickles(sub)
     sub.set_defaults(handler=_run_extract)
 

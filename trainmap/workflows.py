@@ -32,11 +32,35 @@ class ExtractConfig:
     trust_pickles : bool
         Fully unpickle torch files that need Python globals, which can run code
         from them; the rows of those checkpoints get ``flag/trusted_pickle``.
+    workers : int
+        Checkpoints extracted at once, each in its own single-threaded process.
+    executor : str
+        ``local`` (a process pool) or ``ray`` (the cluster of ``ray.init()``).
+    device : str
+        ``cpu`` or ``cuda``: where the singular values are computed.
+    cache_dir : str or None
+        Result cache; None uses ``.<output name>.cache/`` beside the output.
+    cache : bool
+        Reuse and store results by checkpoint content; False recomputes everything.
     """
 
     families: str = "hu,loss"
     max_step: int | None = None
     trust_pickles: bool = False
+    workers: int = 1
+    executor: str = "local"
+    device: str = "cpu"
+    cache_dir: str | None = None
+    cache: bool = True
+
+    def cache_folder(self, output: str | Path) -> Path | None:
+        """Return the result-cache folder for ``output``, or None when caching is off."""
+        if not self.cache:
+            return None
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        output = Path(output)
+        return output.parent / f".{output.name}.cache"
 
 
 @dataclass
@@ -145,9 +169,13 @@ def extract(runs_dir: str | Path, output: str | Path, config: ExtractConfig, wor
         tracking.log_config({"runs_dir": str(Path(runs_dir).resolve()), "output": str(Path(output).resolve()),
                              "n_runs": len(runs)})
         with trusted_pickles(config.trust_pickles):
-            table, summary = extract_runs(runs, families=families, max_step=config.max_step, progress=progress)
+            table, summary = extract_runs(
+                runs, families=families, max_step=config.max_step, progress=progress, workers=config.workers,
+                executor=config.executor, cache_dir=config.cache_folder(output), device=config.device)
         write_table(table, output)
         tracking.log_metrics({
+            "checkpoints_extracted": summary.computed,
+            "checkpoints_from_cache": summary.from_cache,
             "checkpoints_read": summary.read,
             "checkpoints_skipped": len(summary.skipped),
             **{f"checkpoints_flagged.{name}": count for name, count in summary.flagged.items()},

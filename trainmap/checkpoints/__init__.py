@@ -5,7 +5,7 @@ from trainmap.checkpoints.errors import CheckpointError, UnsafeCheckpointError, 
 from trainmap.checkpoints.integrity import RUN_FLAGS, RunIntegrity, checkpoint_digest, file_hash, find_gaps
 from trainmap.checkpoints.layouts import Layout, detect_layout
 from trainmap.checkpoints.reader import READER_FLAGS, CheckpointReader, open_checkpoint
-from trainmap.checkpoints.torchfiles import trusted_pickles
+from trainmap.checkpoints.torchfiles import pickles_trusted, trusted_pickles
 
 __all__ = [
     "READER_FLAGS",
@@ -25,5 +25,6 @@ __all__ = [
     "find_runs",
     "load_run",
     "open_checkpoint",
+    "pickles_trusted",
     "trusted_pickles",
 ]

@@ -181,17 +181,19 @@ class RunIntegrity:
         return final.step, checkpoint_digest(weight_file_hashes(layout))
 
 
-def weight_file_hashes(layout) -> dict[str, str]:
+def weight_file_hashes(layout, hasher=None) -> dict[str, str]:
     """Return ``{file name relative to the checkpoint: SHA-256}`` for a layout.
 
     A single-file checkpoint's file is named "" so that two byte-identical files
-    of different names share a digest.
+    of different names share a digest. ``hasher`` replaces :func:`file_hash`
+    (the extraction cache passes one that remembers hashes across processes).
     """
+    hasher = hasher or file_hash
     base = layout.path if layout.path.is_dir() else None
     hashes = {}
     for path in layout.files:
         name = path.relative_to(base).as_posix() if base is not None else ""
-        hashes[name] = file_hash(path)
+        hashes[name] = hasher(path)
     return hashes
 
 

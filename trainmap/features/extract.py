@@ -15,6 +15,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -76,6 +77,8 @@ class ExtractionSummary:
         Steps missing from each run's regular schedule.
     families_skipped : Counter
         Checkpoints per ``(family, reason)`` for families that computed nothing.
+    computed, from_cache : int
+        Checkpoints extracted now, and taken from the result cache.
     """
 
     read: int = 0
@@ -83,10 +86,12 @@ class ExtractionSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     gaps: dict[str, list[int]] = field(default_factory=dict)
     families_skipped: Counter = field(default_factory=Counter)
+    computed: int = 0
+    from_cache: int = 0
 
     def lines(self) -> list[str]:
         """Return the summary as printable lines."""
-        lines = [f"checkpoints read: {self.read}"]
+        lines = [f"checkpoints read: {self.read} ({self.computed} extracted now, {self.from_cache} from the cache)"]
         if self.flagged:
             counts = ", ".join(f"{name}: {count}" for name, count in sorted(self.flagged.items()))
             lines.append(f"checkpoints flagged: {sum(self.flagged.values())} ({counts})")
@@ -158,7 +163,7 @@ def extract_checkpoint(
     CheckpointError
         If the checkpoint is damaged in a way that makes its numbers meaningless.
     """
-    row, skipped = _extract_checkpoint(ref, families, integrity, previous, initial)
+    row, skipped, _ = _extract_checkpoint(ref, families, integrity, previous, initial)
     for family, reason in skipped.items():
         logger.info("checkpoint %s: feature family %s/ skipped: %s", ref.path, family, reason)
     return row
@@ -169,6 +174,10 @@ def extract_runs(
     families: tuple[str, ...] = DEFAULT_FAMILIES,
     max_step: int | None = None,
     progress: bool = True,
+    workers: int = 1,
+    executor: str = "local",
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> tuple[pd.DataFrame, ExtractionSummary]:
     """Extract the feature table of ``runs``.
 
@@ -183,6 +192,14 @@ def extract_runs(
         Only checkpoints at steps <= ``max_step`` (for scoring up to a horizon).
     progress : bool
         Show a progress bar on stderr.
+    workers : int
+        Checkpoints extracted at once, each in its own process.
+    executor : {"local", "ray"}
+        Where the workers run; see :func:`trainmap.features.engine.run_jobs`.
+    cache_dir : str or Path, optional
+        Result cache; a rerun computes only checkpoints it lacks.
+    device : str
+        Device of the linear algebra (``"cpu"`` or ``"cuda"``).
 
     Returns
     -------
@@ -190,38 +207,62 @@ def extract_runs(
         One row per (run, step), sorted.
     summary : ExtractionSummary
     """
-    from tqdm.auto import tqdm
+    from trainmap.checkpoints import pickles_trusted
+    from trainmap.features.engine import Job, ResultCache, run_jobs
 
+    _check_device(device)
     checkpoints = [
         ref
         for run in runs
         for ref in run.checkpoints
         if max_step is None or ref.step <= max_step
     ]
-    summary = ExtractionSummary()
-    integrity = {run.name: RunIntegrity(run) for run in runs}
     neighbours = causal_neighbours(checkpoints)
+    trust = pickles_trusted()
+    jobs = [Job(ref, tuple(families), *neighbours[ref], device=device, trust_pickles=trust) for ref in checkpoints]
+    cache = ResultCache(cache_dir) if cache_dir is not None else None
+    results, computed = run_jobs(jobs, compute_job, workers, executor, cache, progress)
+
+    summary = ExtractionSummary(computed=computed, from_cache=len(checkpoints) - computed)
+    integrity = {run.name: RunIntegrity(run) for run in runs}
     rows = []
-    for ref in tqdm(checkpoints, desc="extract", unit="ckpt", disable=not progress, dynamic_ncols=True):
-        previous, initial = neighbours[ref]
-        row, skipped = _extract_checkpoint(ref, families, integrity[ref.run], previous, initial)
-        rows.append(row)
-        for family, reason in skipped.items():
+    for ref in sorted(checkpoints, key=lambda other: (other.run, other.step)):
+        result = results[ref]
+        row = dict(result.row)
+        row["flag/gap_before"] = integrity[ref.run].gap_before(ref.step)
+        if result.digest is not None:
+            row.update(integrity[ref.run].observe(ref.step, result.digest, _shapes(result.parameters)))
+        rows.append((ref, row))
+        for family, reason in result.skipped.items():
             if not summary.families_skipped[(family, reason)]:
                 logger.warning("run %s: feature family %s/ skipped: %s", ref.run, family, reason)
             summary.families_skipped[(family, reason)] += 1
     run_flags = {name: checker.run_flags() for name, checker in integrity.items()}
-    for ref, row in zip(checkpoints, rows):
+    for ref, row in rows:
         row.update(run_flags[ref.run].get(ref.step, {}))
         _record(summary, ref, row)
     summary.gaps = {name: checker.gaps for name, checker in integrity.items() if checker.gaps}
 
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame([row for _, row in rows])
     if losses.FAMILY in families:
         table = _add_loss_features(table, runs)
     ordered = ["run", "step"] + [c for c in table.columns if c not in ("run", "step") and c not in FLAGS] + list(FLAGS)
     table = table[ordered].sort_values(["run", "step"], kind="stable").reset_index(drop=True)
     return table, summary
+
+
+def compute_job(job) -> "CheckpointResult":
+    """Extract one checkpoint job; module-level so worker processes and Ray can run it."""
+    from trainmap.checkpoints import trusted_pickles
+    from trainmap.features.engine import CheckpointResult
+
+    with trusted_pickles(job.trust_pickles):
+        row, skipped, reader = _extract_checkpoint(job.ref, job.families, None, job.previous, job.initial,
+                                                   job.device)
+    if reader is None:
+        return CheckpointResult(row, skipped)
+    parameters = {name: list(shape) for name, shape in reader.parameters().items()}
+    return CheckpointResult(row, skipped, row["flag/digest"], parameters)
 
 
 def causal_neighbours(
@@ -249,8 +290,9 @@ def causal_neighbours(
     return neighbours
 
 
-def _extract_checkpoint(ref, families, integrity, previous, initial) -> tuple[dict, dict[str, str]]:
-    """Return the row of one checkpoint and ``{family: reason}`` for families that computed nothing."""
+def _extract_checkpoint(ref, families, integrity, previous, initial, device: str = "cpu"):
+    """Return the row of one checkpoint, ``{family: reason}`` for families that computed
+    nothing, and the reader (None when the checkpoint could not be read)."""
     row = {"run": ref.run, "step": ref.step, "flag/nonfinite": 0,
            "flag/incomplete": False, "flag/unreadable": False, "flag/error": "",
            **READER_FLAGS, **RUN_FLAGS}
@@ -261,10 +303,10 @@ def _extract_checkpoint(ref, families, integrity, previous, initial) -> tuple[di
     if not ref.complete:
         row["flag/incomplete"] = True
         row["flag/error"] = "no weight file in the checkpoint folder (interrupted save?)"
-        return row, {}
+        return row, {}, None
     from safetensors import SafetensorError
 
-    spectra = SpectrumCache((hu.ZERO_SINGULAR_VALUE,), helper_thread=True)
+    spectra = SpectrumCache((hu.ZERO_SINGULAR_VALUE,), helper_thread=True, device=device)
     context = CheckpointContext(ref, read_config(ref.path), previous, initial, spectra)
     selected = [TENSOR_FAMILIES[name](context) for name in families if name in TENSOR_FAMILIES]
     try:
@@ -279,11 +321,28 @@ def _extract_checkpoint(ref, families, integrity, previous, initial) -> tuple[di
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
         row["flag/unreadable"] = True
         row["flag/error"] = f"{type(error).__name__}: {error}"
-        return row, {}
+        return row, {}, None
     if integrity is not None:
         row.update(integrity.observe(ref.step, row["flag/digest"], reader.parameters()))
     skipped = {family.name: family.skip_reason for family in selected if family.skip_reason}
-    return row, skipped
+    return row, skipped, reader
+
+
+def _shapes(parameters: dict | None) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(shape) for name, shape in (parameters or {}).items()}
+
+
+def _check_device(device: str) -> None:
+    """Reject a device torch cannot use here, naming what to do instead."""
+    import torch
+
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} needs a CUDA GPU, and torch sees none; use --device cpu")
+        return
+    raise ValueError(f"invalid --device {device!r}; use cpu or cuda (cuda:N for a given GPU)")
 
 
 def _first_pass(reader, families) -> int:

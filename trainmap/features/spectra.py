@@ -155,7 +155,7 @@ def gram_float32(tall: torch.Tensor) -> torch.Tensor:
     if k < 4 * _MIN_GRAM_BLOCK:
         return tall.T @ tall
     edges = [k * index // 4 for index in range(5)]
-    gram = torch.empty(k, k, dtype=tall.dtype)
+    gram = torch.empty(k, k, dtype=tall.dtype, device=tall.device)
     for start, stop in zip(edges[:-1], edges[1:]):
         rows = tall[:, start:stop].T @ tall[:, start:]  # block row, diagonal block onwards
         gram[start:stop, start:] = rows
@@ -173,9 +173,11 @@ class SpectrumCache:
     results after the last :meth:`get` of a checkpoint, so that they overlap.
     """
 
-    def __init__(self, critical_values: tuple[float, ...] = (), helper_thread: bool = False):
+    def __init__(self, critical_values: tuple[float, ...] = (), helper_thread: bool = False, device: str = "cpu"):
         self.critical_values = critical_values
-        self._executor = _helper_executor() if helper_thread else None
+        self.device = device
+        # On a GPU the eigendecomposition runs there, so no helper thread is needed.
+        self._executor = _helper_executor() if helper_thread and device == "cpu" else None
         self._pending: deque[Spectrum] = deque()
         self._name: str | None = None
         self._spectrum: Spectrum | None = None
@@ -185,11 +187,21 @@ class SpectrumCache:
         if name != self._name or self._spectrum is None:
             while len(self._pending) >= MAX_PENDING:
                 self._pending.popleft().wait()
-            self._spectrum = spectrum(matrix, self.critical_values, self._executor)
+            if self.device == "cpu":
+                self._spectrum = spectrum(matrix, self.critical_values, self._executor)
+            else:
+                self._spectrum = _spectrum_on_device(matrix, self.critical_values, self.device)
             self._name = name
             if self._executor is not None:
                 self._pending.append(self._spectrum)
         return self._spectrum
+
+
+def _spectrum_on_device(matrix: torch.Tensor, critical_values: tuple[float, ...], device: str) -> Spectrum:
+    """Compute a spectrum on ``device`` and return it with its values back on the CPU."""
+    on_device = spectrum(matrix.to(device), critical_values)
+    values, exact = on_device.wait()
+    return Spectrum(on_device.frobenius_sq, (values.cpu(), exact))
 
 
 def effective_rank(singular_values: torch.Tensor) -> float:
