@@ -88,6 +88,15 @@ def test_reader_exposes_file_hashes(weights, tmp_path):
     assert len(reader.digest) == 64
 
 
+def test_background_hash_equals_direct_hash(weights, tmp_path):
+    writers.write_safetensors_sharded(tmp_path / "run" / "step1", weights)
+    ref = load_run(tmp_path / "run").checkpoints[0]
+    background = open_checkpoint(ref)
+    background.start_hashing()
+    list(background.tensors())
+    assert background.file_hashes == open_checkpoint(ref).file_hashes
+
+
 def test_gap_is_recorded_not_an_error(weights, tmp_path):
     run = tmp_path / "run"
     for step in (0, 1, 2, 4, 10, 20, 40, 50, 60):  # step 30 is missing

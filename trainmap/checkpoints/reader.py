@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -113,6 +114,17 @@ class CheckpointReader:
     _layout: Layout | None = field(default=None, repr=False)
     _trust: bool = field(default=False, repr=False)
     _file_hashes: dict[str, str] | None = field(default=None, repr=False)
+    _hashing: Future | None = field(default=None, repr=False)
+
+    def start_hashing(self) -> None:
+        """Hash the weight files on a background thread while the tensors are read.
+
+        hashlib releases the GIL on large buffers, so the hash overlaps the
+        feature computation instead of adding to it; :attr:`file_hashes` waits
+        for the result.
+        """
+        if self._file_hashes is None and self._hashing is None:
+            self._hashing = _hash_executor().submit(weight_file_hashes, self._layout)
 
     def names(self) -> list[str]:
         """Return the parameter names, sorted; buffers and tied names are left out."""
@@ -152,7 +164,11 @@ class CheckpointReader:
     def file_hashes(self) -> dict[str, str]:
         """SHA-256 of each weight file, by path relative to the checkpoint ("" for a single file)."""
         if self._file_hashes is None:
-            self._file_hashes = weight_file_hashes(self._layout)
+            if self._hashing is not None:
+                self._file_hashes = self._hashing.result()
+                self._hashing = None
+            else:
+                self._file_hashes = weight_file_hashes(self._layout)
         return self._file_hashes
 
     @property
@@ -204,6 +220,17 @@ class CheckpointReader:
         return tensor
 
 
+_hasher: ThreadPoolExecutor | None = None
+
+
+def _hash_executor() -> ThreadPoolExecutor:
+    """Return the process-wide thread that hashes weight files in the background."""
+    global _hasher
+    if _hasher is None:
+        _hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmap-hash")
+    return _hasher
+
+
 def _count_nonfinite(tensor: "torch.Tensor") -> int:
     """Count NaN and infinite values in slices of 4M elements.
 
@@ -213,6 +240,13 @@ def _count_nonfinite(tensor: "torch.Tensor") -> int:
     import torch
 
     flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return 0
+    # A NaN or infinity anywhere shows in the minimum or maximum; checking those two
+    # numbers first (one pass, no temporaries) skips the count for finite tensors.
+    low, high = torch.aminmax(flat)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return 0
     bad = 0
     for start in range(0, flat.numel(), _NONFINITE_SLICE):
         piece = flat[start:start + _NONFINITE_SLICE]

@@ -311,6 +311,7 @@ def _extract_checkpoint(ref, families, integrity, previous, initial, device: str
     selected = [TENSOR_FAMILIES[name](context) for name in families if name in TENSOR_FAMILIES]
     try:
         reader = open_checkpoint(ref)
+        reader.start_hashing()
         row["flag/nonfinite"] = _first_pass(reader, selected)
         _more_passes(reader, selected)
         row.update(reader.flags())
