@@ -204,4 +204,10 @@ def _clean(value):
 
 
 def _nan_to_none(matrix: np.ndarray) -> list:
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in np.asarray(matrix, dtype=float)]
+    """Return the rows as lists, NaN as None, rounded to 7 significant digits.
+
+    These vectors only place new runs among their neighbours on the map, so float32
+    precision is plenty, and it keeps ``map.json`` about half the size.
+    """
+    return [[None if not np.isfinite(v) else float(f"{v:.7g}") for v in row]
+            for row in np.asarray(matrix, dtype=float)]
