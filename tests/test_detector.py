@@ -22,6 +22,21 @@ def test_detector_ranks_planted_outliers_in_cross_validation():
     assert metrics["auroc"] >= 0.9
 
 
+def test_cross_validation_with_stratified_folds():
+    X, y = planted(24, 6)
+    runs = [f"r{i}" for i in range(24)]
+    predictions, metrics = cross_validate(X, y, runs, {"n_estimators": 100}, folds=3)
+    assert predictions["run"].tolist() == runs
+    assert predictions["risk"].between(0, 1).all()
+    assert metrics["auroc"] >= 0.9
+
+
+def test_cross_validation_rejects_too_many_folds():
+    X, y = planted(16, 2)
+    with pytest.raises(ValueError, match="3 stratified folds need at least 3 outlier"):
+        cross_validate(X, y, [f"r{i}" for i in range(16)], {}, folds=3)
+
+
 def test_detector_splits_on_few_samples():
     X, y = planted(10, 2)
     detector = OutlierDetector().fit(X, y)

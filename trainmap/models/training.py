@@ -206,8 +206,12 @@ def train_detector(table: pd.DataFrame, config: TrainConfig, out_dir: str | Path
     return TrainResult(artifact, labels, predictions, cv_table, rule, resolved)
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, runs: list[str], params: dict) -> tuple[pd.DataFrame, dict]:
-    """Leave-one-run-out cross-validation of the scaler + detector pipeline on arrays.
+def cross_validate(
+    X: np.ndarray, y: np.ndarray, runs: list[str], params: dict, folds: int | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Cross-validate the scaler + detector pipeline on arrays, by run.
+
+    Splits are leave-one-run-out, or ``folds`` stratified folds of runs.
 
     Each fold refits the scaler on the training runs only, so the held-out run
     never shapes its own normalisation; the detector's kind and calibration are
@@ -226,7 +230,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, runs: list[str], params: dict) 
     from trainmap.models.evaluation import make_splits, resolve_detector_params, score_predictions
 
     y = np.asarray(y, dtype=int)
-    splits = make_splits(y)
+    splits = make_splits(y, folds)
     resolved = resolve_detector_params(params, splits.min_training_counts(y)[0])
     # One prior for every fold; see OutlierDetector's `prior` for why.
     pipeline = make_pipeline(MADScaler(), OutlierDetector(**dict(resolved, prior=float(y.mean()))))
