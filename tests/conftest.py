@@ -58,6 +58,12 @@ def micro_table(micro_runs, tmp_path_factory):
     return table, path
 
 
+@pytest.fixture(autouse=True)
+def _no_store_in_working_folder(tmp_path, monkeypatch):
+    """Keep every test's MLflow logging out of the folder pytest runs in."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """Point MLflow at a fresh SQLite store in tmp_path; returns its URI."""
