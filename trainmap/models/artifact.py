@@ -129,7 +129,8 @@ class DetectorArtifact:
                 "reference": _nan_to_none(model.reference),
             }
         _write_json(folder / DETECTOR_FILE, {"format_version": FORMAT_VERSION, "horizons": horizons, **self.metadata})
-        _write_json(folder / MAP_FILE, {"horizons": maps})
+        # map.json is mostly numbers; without indentation it is about half the size.
+        _write_json(folder / MAP_FILE, {"horizons": maps}, indent=None)
         return folder
 
     @classmethod
@@ -183,10 +184,10 @@ def _load_horizon(folder: Path, entry: dict, map_state: dict) -> HorizonModel:
     )
 
 
-def _write_json(path: Path, record: dict) -> None:
+def _write_json(path: Path, record: dict, indent: int | None = 2) -> None:
     """Write JSON atomically; NaN becomes null so the file stays standard JSON."""
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(_clean(record), indent=2) + "\n", encoding="utf-8")
+    partial.write_text(json.dumps(_clean(record), indent=indent) + "\n", encoding="utf-8")
     os.replace(partial, path)
 
 
