@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from trainmap.models.detector import OutlierDetector
+from trainmap.models.detector import CENTROID_CLIP, OutlierDetector
 from trainmap.models.training import cross_validate
 
 
@@ -96,6 +96,16 @@ def test_ten_runs_two_outliers_rank_sensibly():
         _, metrics = cross_validate(X, y, [f"r{i}" for i in range(10)], {})
         scores.append(metrics["auroc"])
     assert np.mean(scores) >= 0.85
+
+
+def test_centroid_ignores_one_extreme_stable_run():
+    X, y = strong_planted(10, 2, 5)
+    X[:, 10] = np.linspace(0.0, 0.01, 10)
+    X[7, 10] = 1e4  # thousands of MADs out: the case that used to swamp every other column
+    detector = OutlierDetector(kind="centroid").fit(X, y)
+    terms = np.abs(detector.contributions(X)[:, :-1])
+    assert terms.max() <= (2 * CENTROID_CLIP) ** 2
+    assert roc_auc_score(y, detector.predict_proba(X)[:, 1]) == 1.0
 
 
 def test_auto_kind_follows_outlier_count():

@@ -13,7 +13,7 @@ at 410M):
   tell a real precursor from one of the many columns that happen to separate one
   or two runs (every such split has the same gain). The detector then fits a
   nearest shrunken centroid (Tibshirani et al., 2002): the outlier-minus-stable
-  mean of each robustly scaled column, soft-thresholded so that only the
+  mean of each robustly scaled column (clipped at CENTROID_CLIP MADs), soft-thresholded so that only the
   ``centroid_features`` largest differences remain, used as a diagonal linear
   discriminant. It ranks by how far a run moves in the directions the training
   outliers moved, which needs no split search.
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.ubj"
 KINDS = ("auto", "trees", "centroid")
+# Robust z-scores beyond this many MADs count as this many in the shrunken centroid.
+CENTROID_CLIP = 5.0
 CALIBRATIONS = ("auto", "sigmoid", "none")
 
 
@@ -371,7 +373,7 @@ def _fit_centroid(X: np.ndarray, encoded: np.ndarray, n_features: int) -> dict:
         scale = 1.4826 * np.nanmedian(np.abs(X - center), axis=0)
     center = np.where(np.isfinite(center), center, 0.0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    z = np.nan_to_num((X - center) / scale, nan=0.0)
+    z = _robust_z(X, center, scale)
     positive_mean = z[encoded == 1].mean(axis=0)
     negative_mean = z[encoded == 0].mean(axis=0)
     difference = positive_mean - negative_mean
@@ -388,9 +390,19 @@ def _fit_centroid(X: np.ndarray, encoded: np.ndarray, n_features: int) -> dict:
     }
 
 
+def _robust_z(X: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Return robust z-scores clipped to +-CENTROID_CLIP, NaN as 0.
+
+    On a handful of runs a column's MAD can be tiny, so one run lands thousands of
+    MADs out. Unclipped, that run alone would set its class mean and give the
+    column a weight that swamps every other column.
+    """
+    return np.clip(np.nan_to_num((X - center) / scale, nan=0.0), -CENTROID_CLIP, CENTROID_CLIP)
+
+
 def _centroid_terms(centroid: dict, X: np.ndarray) -> np.ndarray:
     """Return the per-column terms of the centroid's discriminant, shape (n, d)."""
-    z = np.nan_to_num((X - centroid["center"]) / centroid["scale"], nan=0.0)
+    z = _robust_z(X, centroid["center"], centroid["scale"])
     # NaN (a missing checkpoint) counts as the ensemble median, so it adds nothing.
     missing = np.isnan(X)
     terms = centroid["weights"] * (z - centroid["midpoint"])
