@@ -92,7 +92,8 @@ def test_score_new_run_text(trained, tmp_path, capsys):
     assert main(["score", str(new_runs / "seed40"), "--detector", str(detector)]) == 0
     out = capsys.readouterr().out
     assert "risk of becoming an outlier" in out
-    assert "nearest ensemble runs on the map" in out
+    assert "nearest ensemble runs (distance between normalised run vectors)" in out
+    assert "far outside" not in out
 
 
 def test_score_before_horizon_names_step(trained, micro_runs, tmp_path, capsys):

@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 
 from trainmap.cli import main
+from trainmap.features import read_table
+from trainmap.features.table import feature_columns
+from trainmap.models.artifact import DetectorArtifact
+from trainmap.models.scoring import score_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "features" / "reference-w64.parquet"
@@ -28,3 +32,28 @@ def test_reference_detector_horizons():
     outliers = [entry["run"] for entry in record["labels"] if entry["label"] == 1]
     assert len(outliers) == 8
     assert "seed38" in outliers
+
+
+def test_unreadable_step_is_reported_not_used():
+    table = read_table(TABLE)
+    row = (table["run"] == "seed5") & (table["step"] == 15)
+    parameters = [column for column in feature_columns(table) if not column.startswith("loss/")]
+    table.loc[row, parameters] = float("nan")
+    table.loc[row, "flag/unreadable"] = True
+    table.loc[row, "flag/error"] = "SafetensorError: incomplete metadata"
+    result = score_table(table, "seed5", DetectorArtifact.load(DETECTOR))
+    assert 15 not in result.steps
+    assert result.flagged_steps == [
+        {"step": 15, "flags": ["flag/unreadable"], "error": "SafetensorError: incomplete metadata"}
+    ]
+    assert result.missing_steps == []
+    assert any("checkpoint at step 15 not used" in line for line in result.lines())
+
+
+def test_run_of_another_width_is_outside_ensemble():
+    artifact = DetectorArtifact.load(DETECTOR)
+    other_width = score_table(read_table(ROOT / "features" / "crossscale-w96.parquet"), "seed0", artifact)
+    same_config = score_table(read_table(TABLE), "seed5", artifact)
+    assert other_width.outside_ensemble
+    assert not same_config.outside_ensemble
+    assert any(line.startswith("  WARNING: the run lies far outside") for line in other_width.lines())

@@ -16,6 +16,13 @@ from trainmap.models.vectors import run_vectors
 
 logger = logging.getLogger(__name__)
 
+# A run whose nearest reference run is this many times farther than the largest
+# nearest-neighbour distance within the ensemble is reported as outside it. The factor
+# is a heuristic: a new seed of the test suite's micro configuration stays inside, and a
+# width-96 run scored against the width-64 reference detector lands about 10,000 times
+# farther.
+OUTSIDE_FACTOR = 3.0
+
 
 class HorizonNotReached(ValueError):
     """The run has no checkpoint at or beyond the detector's smallest horizon yet."""
@@ -58,6 +65,14 @@ class ScoreResult:
         Contributions summed by feature family and by module type.
     missing_steps : list of int
         Reference steps the run lacks (their columns were NaN).
+    flagged_steps : list of dict
+        Reference steps whose checkpoint was unreadable or incomplete: ``step``,
+        ``flags`` and ``error``. Their parameter features count as the ensemble
+        median; loss features from the run's logs still count.
+    outside_ensemble : bool
+        The nearest reference run is more than ``OUTSIDE_FACTOR`` times farther than
+        any reference run is from its own nearest neighbour, as when the run comes
+        from another model size or configuration.
     """
 
     run: str
@@ -73,6 +88,8 @@ class ScoreResult:
     by_family: list[dict] = field(default_factory=list)
     by_module: list[dict] = field(default_factory=list)
     missing_steps: list[int] = field(default_factory=list)
+    flagged_steps: list[dict] = field(default_factory=list)
+    outside_ensemble: bool = False
     outlier_rate: float = float("nan")
     cv_auroc: float = float("nan")
     detector_kind: str = ""
@@ -95,7 +112,19 @@ class ScoreResult:
         ]
         if self.missing_steps:
             out.append(f"  missing checkpoints at steps {self.missing_steps} counted as the ensemble median")
-        out.append("  nearest ensemble runs on the map:")
+        for item in self.flagged_steps:
+            out.append(
+                f"  checkpoint at step {item['step']} not used ({', '.join(item['flags'])}: {item['error']}); "
+                "its parameter features count as the ensemble median"
+            )
+        if self.outside_ensemble:
+            nearest = self.neighbours[0]["distance"] if self.neighbours else float("nan")
+            out.append(
+                f"  WARNING: the run lies far outside the detector's ensemble (nearest reference run at "
+                f"distance {nearest:.3g}); it may come from another model size or configuration, "
+                "so the risk below is not meaningful"
+            )
+        out.append("  nearest ensemble runs (distance between normalised run vectors):")
         for neighbour in self.neighbours:
             out.append(f"    {neighbour['run']:<16} {neighbour['label']:<8} distance {neighbour['distance']:.2f}")
         if self.top_features:
@@ -155,8 +184,10 @@ def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: 
     reached = int(rows["step"].max()) if reached_step is None else reached_step
     model = check_horizon([reached], artifact, path or run)
     spec = model.spec
-    present = set(int(s) for s in rows.loc[rows["step"] <= spec.horizon, "step"])
-    missing = sorted(set(spec.steps) - present)
+    early = rows[rows["step"] <= spec.horizon]
+    flagged = _flagged_steps(early, spec.steps)
+    present = set(int(s) for s in early["step"]) - {item["step"] for item in flagged}
+    missing = sorted(set(spec.steps) - present - {item["step"] for item in flagged})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # reported as missing_steps
         raw = run_vectors(table, spec, [run]).to_numpy(dtype=float)
@@ -183,10 +214,35 @@ def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: 
         by_family=groups["by_family"],
         by_module=groups["by_module"],
         missing_steps=missing,
+        flagged_steps=flagged,
+        outside_ensemble=_outside_ensemble(placement.neighbours, model.reference),
         outlier_rate=float(np.mean(model.labels)),
         cv_auroc=float(model.cv.get("auroc", float("nan"))),
         detector_kind=model.detector.kind_,
     )
+
+
+def _flagged_steps(rows: pd.DataFrame, steps: list[int]) -> list[dict]:
+    """Return the reference steps whose checkpoint was unreadable or incomplete."""
+    flagged = []
+    for _, row in rows[rows["step"].isin(steps)].sort_values("step").iterrows():
+        flags = [name for name in ("unreadable", "incomplete") if bool(row.get(f"flag/{name}", False))]
+        if flags:
+            error = row.get("flag/error")
+            flagged.append({"step": int(row["step"]), "flags": [f"flag/{name}" for name in flags],
+                            "error": str(error) if isinstance(error, str) and error else "no error recorded"})
+    return flagged
+
+
+def _outside_ensemble(neighbours: list[tuple[str, float]], reference: np.ndarray) -> bool:
+    """Return whether the nearest reference run is far beyond the ensemble's own spacing."""
+    if not neighbours or len(reference) < 2:
+        return False
+    data = np.nan_to_num(np.asarray(reference, dtype=float), nan=0.0)
+    squared = (data**2).sum(axis=1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * data @ data.T, 0.0))
+    np.fill_diagonal(distances, np.inf)
+    return neighbours[0][1] > OUTSIDE_FACTOR * float(distances.min(axis=1).max())
 
 
 def _families(model: HorizonModel) -> tuple[str, ...]:
