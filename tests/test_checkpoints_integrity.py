@@ -279,7 +279,7 @@ def test_summary_lists_flags_and_reasons(weights, tmp_path):
     (run / "step3").mkdir()
     _, summary = extract(run)
     text = "\n".join(summary.lines())
-    assert "checkpoints read: 2" in text
+    assert "checkpoints: 3 (3 extracted now, 0 from the cache), 2 read without errors" in text
     assert "duplicate: 2" in text
     assert "incomplete: 1" in text
     assert "step3: no weight file" in text

@@ -61,3 +61,19 @@ def test_config_file_rejects_unknown_keys(tmp_path):
     args = build_parser().parse_args(["--config", str(config_file), "train", "t.parquet", "-o", "m"])
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['horizn'\]"):
         _resolve(TrainConfig, args)
+
+
+@pytest.mark.parametrize(("command", "resumes"), [("extract", True), ("train", False)])
+def test_interrupt_message_says_whether_rerun_resumes(command, resumes, tmp_path, monkeypatch, capsys):
+    from trainmap import workflows
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflows, command, interrupted)
+    source = tmp_path / "input.parquet"
+    args = [command, str(source), "-o", str(tmp_path / "out")]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"trainmap {command}: interrupted" in err
+    assert ("run the same command again to resume" in err) is resumes

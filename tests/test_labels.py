@@ -171,3 +171,16 @@ def test_labels_from_runs_folder(micro_runs, capsys):
     records = {r["run"]: r for r in json.loads(capsys.readouterr().out)}
     assert records["seed3"]["label"] == 1
     assert records["seed0"]["label"] == 0
+
+
+def test_labels_text_names_each_run(micro_table, capsys):
+    from trainmap.cli import main
+
+    _, path = micro_table
+    assert main(["labels", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    seed3 = next(line for line in lines if line.startswith("seed3 "))
+    seed0 = next(line for line in lines if line.startswith("seed0 "))
+    assert seed3.split()[1] == "OUTLIER"
+    assert seed0.split()[1] == "stable"
+    assert lines[-1] == "2 outlier(s) among 8 runs"

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainmap.models.vectors import MADScaler, make_spec, run_vectors
+from trainmap.models.vectors import MADScaler, make_spec, resolve_horizons, run_vectors
 
 
 def small_table() -> pd.DataFrame:
@@ -62,3 +62,18 @@ def test_scaler_keeps_nan_and_handles_constant_columns():
     out = MADScaler().fit_transform(X)
     assert np.isnan(out[1, 0])
     assert out[:, 1].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_horizon_beyond_final_step_is_rejected():
+    with pytest.raises(ValueError, match="horizon 500 is beyond the final step 30"):
+        resolve_horizons(small_table(), ["500"])
+
+
+def test_horizon_at_final_step_warns(caplog):
+    assert resolve_horizons(small_table(), ["100%"]) == [30]
+    assert "the detector sees the outcome" in caplog.text
+
+
+def test_map_horizon_at_final_step_is_quiet(caplog):
+    assert resolve_horizons(small_table(), ["30"], predicting=False) == [30]
+    assert not caplog.text

@@ -73,6 +73,11 @@ EXAMPLES = {
 }
 
 
+# Commands whose finished work survives an interrupt: extraction keeps each
+# checkpoint's features in the result cache.
+RESUMABLE = ("extract",)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``trainmap`` command line; return the exit status."""
     from trainmap.checkpoints.errors import CheckpointError
@@ -90,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainmap {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"trainmap {args.command}: interrupted", file=sys.stderr)
+        message = f"trainmap {args.command}: interrupted"
+        if args.command in RESUMABLE:
+            message += "; run the same command again to resume, finished work is kept"
+        print(message, file=sys.stderr)
         return 130
 
 
@@ -224,6 +232,7 @@ def _add_labels(commands) -> None:
 
 def _run_labels(args) -> int:
     from trainmap import workflows
+    from trainmap.models.labels import label_lines
     from trainmap.models.training import TrainConfig
 
     config = _resolve(TrainConfig, args)
@@ -232,7 +241,7 @@ def _run_labels(args) -> int:
         print(frame.to_json(orient="records", indent=2))
         return 0
     print(f"rule: {rule.describe() if not config.labels else 'labels from ' + config.labels}")
-    print(frame[["run", "label", "reason"]].to_string(index=False))
+    print("\n".join(label_lines(frame)))
     print(f"{int((frame['label'] == 1).sum())} outlier(s) among {len(frame)} runs")
     return 0
 
@@ -331,7 +340,7 @@ def _run_score(args) -> int:
 def _add_map(commands) -> None:
     sub = _subparser(commands, "map", "draw the training map of a feature table")
     sub.add_argument("table", type=Path, help="feature table (Parquet, CSV or TSV)")
-    sub.add_argument("--horizon", type=int, help="last step drawn (required)")
+    sub.add_argument("--horizon", help="last step drawn: a step such as 60 or a percentage such as 25%% (required)")
     sub.add_argument("-o", "--output", type=Path, required=True, help="image file (.png, .svg or .pdf)")
     sub.add_argument("--threshold", type=float, help="label threshold, as for train (default 3.5)")
     sub.add_argument("--label-metric", help="outcome column for labels (default loss/eval)")
@@ -354,9 +363,9 @@ def _run_map(args) -> int:
 
 
 def _add_demo(commands) -> None:
-    sub = _subparser(commands, "demo", "run the whole job on a small CPU ensemble (about 3 minutes)")
+    sub = _subparser(commands, "demo", "run the whole job on a small CPU ensemble (about 2.5 minutes on 2 cores)")
     sub.add_argument("--workdir", help="output folder (default ./trainmap-demo)")
-    sub.add_argument("--seeds", type=int, help="runs in the ensemble (default 24)")
+    sub.add_argument("--seeds", type=int, help="runs in the ensemble (default 32)")
     sub.add_argument("--horizon", nargs="+", help="detector horizons, steps or percentages (default 5%% 10%% 20%%)")
     sub.add_argument("--workers", type=int, help="runs trained at once (default 2)")
     sub.add_argument("--threshold", type=float, help="label threshold (default 3.5)")

@@ -106,6 +106,7 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
     dict
         Paths of every output and the scores of the held-out runs.
     """
+    from trainmap.models.labels import label_lines
     from trainmap.models.training import TrainConfig
 
     started = time.time()
@@ -128,9 +129,8 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
 
     label_frame, rule = workflows.labels(table, TrainConfig(threshold=config.threshold))
     echo(f"[3/6] labelling runs: {rule.describe()}")
-    for _, row in label_frame.iterrows():
-        tag = {1.0: "OUTLIER", 0.0: "stable"}.get(row["label"], "unknown")
-        echo(f"      {row['run']:<8} {tag:<8} {row['reason']}")
+    for line in label_lines(label_frame, indent="      "):
+        echo(line)
     holdout = choose_holdout(label_frame)
 
     echo(f"[4/6] training detectors at horizons {', '.join(config.horizon)} of training, "

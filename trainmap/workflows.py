@@ -89,8 +89,8 @@ class MapConfig:
 
     Attributes
     ----------
-    horizon : int or None
-        Last step drawn; required.
+    horizon : int, str or None
+        Last step drawn, a step or a percentage such as ``"25%"``; required.
     threshold : float
         Label threshold (modified z-score), as in ``trainmap train``.
     label_metric : str
@@ -103,7 +103,7 @@ class MapConfig:
         UMAP seed.
     """
 
-    horizon: int | None = None
+    horizon: int | str | None = None
     threshold: float = 3.5
     label_metric: str = "loss/eval"
     labels: str | None = None
@@ -332,10 +332,12 @@ def draw_map(table_path: str | Path, output: str | Path, config: MapConfig, work
     """Draw the training map of a feature table, coloured by label."""
     from trainmap.map import draw_training_map
     from trainmap.models.training import TrainConfig, select_features
+    from trainmap.models.vectors import resolve_horizons
 
     if config.horizon is None:
         raise ValueError("a horizon is required: pass --horizon STEP")
     table = (table_options or TableOptions()).read(table_path)
+    horizon = resolve_horizons(table, [config.horizon], predicting=False)[0]
     label_config = TrainConfig(threshold=config.threshold, label_metric=config.label_metric, labels=config.labels)
     label_frame, _ = labels(table, label_config)
     labels_map = dict(zip(label_frame["run"], label_frame["label"]))
@@ -343,10 +345,10 @@ def draw_map(table_path: str | Path, output: str | Path, config: MapConfig, work
     output.parent.mkdir(parents=True, exist_ok=True)
     with tracking.tracked_run("map", workdir, tags={"trainmap.command": "map"}):
         tracking.log_config(config)
-        draw_training_map(table, config.horizon, labels_map, output,
+        draw_training_map(table, horizon, labels_map, output,
                           features=select_features(table, config.features),
                           random_state=config.random_state, highlight=highlight,
-                          title=f"training map up to step {config.horizon}")
+                          title=f"training map up to step {horizon}")
         tracking.log_artifact(output)
     return output
 

@@ -91,7 +91,11 @@ class ExtractionSummary:
 
     def lines(self) -> list[str]:
         """Return the summary as printable lines."""
-        lines = [f"checkpoints read: {self.read} ({self.computed} extracted now, {self.from_cache} from the cache)"]
+        total = self.computed + self.from_cache
+        lines = [
+            f"checkpoints: {total} ({self.computed} extracted now, {self.from_cache} from the cache), "
+            f"{self.read} read without errors"
+        ]
         if self.flagged:
             counts = ", ".join(f"{name}: {count}" for name, count in sorted(self.flagged.items()))
             lines.append(f"checkpoints flagged: {sum(self.flagged.values())} ({counts})")

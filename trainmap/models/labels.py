@@ -242,6 +242,16 @@ def label_runs(
     return pd.DataFrame(rows)
 
 
+def label_lines(frame: pd.DataFrame, indent: str = "") -> list[str]:
+    """Return one printable line per run: name, OUTLIER, stable or unlabelled, and the reason."""
+    width = max([len(str(run)) for run in frame["run"]] + [8])
+    lines = []
+    for _, row in frame.iterrows():
+        tag = {1.0: "OUTLIER", 0.0: "stable"}.get(row["label"], "unlabelled")
+        lines.append(f"{indent}{row['run']:<{width}} {tag:<10} {row['reason']}")
+    return lines
+
+
 def read_labels(path: str | Path) -> pd.DataFrame:
     """Read labels from a CSV with columns ``run`` and ``label``.
 

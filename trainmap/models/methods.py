@@ -231,7 +231,7 @@ def _fit_hmm_by_bic(sequences: list[np.ndarray], max_states: int, random_state: 
                 model.fit(data, lengths)
                 bic = model.bic(data, lengths)
             except (ValueError, np.linalg.LinAlgError) as error:
-                logger.info("HMM with %d states failed to fit: %s", n_states, error)
+                logger.debug("HMM with %d states failed to fit: %s", n_states, error)
                 continue
         bics[n_states] = float(bic)
         if bic < best_bic:

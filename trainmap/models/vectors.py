@@ -174,18 +174,21 @@ def _warn_missing_steps(early: pd.DataFrame, runs: list[str], steps: list[int]) 
             )
 
 
-def resolve_horizons(table: pd.DataFrame, values: list[str | int]) -> list[int]:
+def resolve_horizons(table: pd.DataFrame, values: list[str | int], predicting: bool = True) -> list[int]:
     """Turn horizon requests into checkpoint steps of the table.
 
     Each value is a step (``"60"``) or a percentage of the final step
     (``"5%"``). A request lands on the largest step at or below it that at least
     half of the runs have (the first such step when the request is below all of
-    them); requests landing on the same step collapse into one.
+    them); requests landing on the same step collapse into one. With
+    ``predicting``, a horizon at the final step is logged as a warning, because
+    the labels are read there and the detector would see the outcome.
 
     Raises
     ------
     ValueError
-        If a value is neither an integer nor a percentage in (0, 100].
+        If a value is neither an integer nor a percentage in (0, 100], or is a
+        step beyond the table's final step.
     """
     n_runs = table["run"].nunique()
     counts = table.groupby("step")["run"].nunique()
@@ -194,8 +197,18 @@ def resolve_horizons(table: pd.DataFrame, values: list[str | int]) -> list[int]:
     steps = []
     for value in values:
         target = _horizon_target(str(value).strip(), final_step)
+        if target > final_step:
+            raise ValueError(
+                f"horizon {value} is beyond the final step {final_step} of the table; give a "
+                f"step up to {final_step} or a percentage of training such as 25%"
+            )
         below = [step for step in common if step <= target]
         steps.append(below[-1] if below else common[0])
+    if predicting and final_step in steps:
+        logger.warning(
+            "horizon %d is the final step, where the labels are read, so the detector sees the "
+            "outcome it predicts; use an earlier step or a percentage below 100%%", final_step
+        )
     return sorted(set(steps))
 
 
