@@ -56,4 +56,17 @@ def test_run_of_another_width_is_outside_ensemble():
     same_config = score_table(read_table(TABLE), "seed5", artifact)
     assert other_width.outside_ensemble
     assert not same_config.outside_ensemble
-    assert any(line.startswith("  WARNING: the run lies far outside") for line in other_width.lines())
+    assert not other_width.in_training
+    assert same_config.in_training
+    lines = other_width.lines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("  WARNING: the run lies far outside"))
+    risk = next(i for i, line in enumerate(lines) if line.startswith("  risk of becoming an outlier"))
+    assert warning < risk
+
+
+def test_training_run_and_weak_horizon_get_notes():
+    result = score_table(read_table(TABLE), "seed38", DetectorArtifact.load(DETECTOR))
+    result.cv_auroc = 0.45
+    text = "\n".join(result.lines())
+    assert "NOTE: seed38 is one of the detector's training runs" in text
+    assert "cross-validated AUROC at this horizon is 0.45" in text

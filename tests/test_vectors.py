@@ -77,3 +77,9 @@ def test_horizon_at_final_step_warns(caplog):
 def test_map_horizon_at_final_step_is_quiet(caplog):
     assert resolve_horizons(small_table(), ["30"], predicting=False) == [30]
     assert not caplog.text
+
+
+def test_horizons_on_one_step_are_reported(caplog):
+    caplog.set_level("INFO")
+    assert resolve_horizons(small_table(), ["20", "25", "10"]) == [10, 20]
+    assert "horizons 20, 25 land on the same step 20" in caplog.text

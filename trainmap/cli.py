@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         message = f"trainmap {args.command}: interrupted"
         if args.command in RESUMABLE:
             message += "; run the same command again to resume, finished work is kept"
-        print(message, file=sys.stderr)
+        # Start a new line: a progress bar may have been drawn without one.
+        print(f"\n{message}", file=sys.stderr)
         return 130
 
 

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 # width-96 run scored against the width-64 reference detector lands about 10,000 times
 # farther.
 OUTSIDE_FACTOR = 3.0
+# Below this cross-validated AUROC the report notes that the risk ranks runs no better than chance.
+WEAK_AUROC = 0.6
 
 
 class HorizonNotReached(ValueError):
@@ -69,6 +71,9 @@ class ScoreResult:
         Reference steps whose checkpoint was unreadable or incomplete: ``step``,
         ``flags`` and ``error``. Their parameter features count as the ensemble
         median; loss features from the run's logs still count.
+    in_training : bool
+        The run has the name of one of the detector's training runs, and that run is
+        its nearest reference run.
     outside_ensemble : bool
         The nearest reference run is more than ``OUTSIDE_FACTOR`` times farther than
         any reference run is from its own nearest neighbour, as when the run comes
@@ -90,6 +95,7 @@ class ScoreResult:
     missing_steps: list[int] = field(default_factory=list)
     flagged_steps: list[dict] = field(default_factory=list)
     outside_ensemble: bool = False
+    in_training: bool = False
     outlier_rate: float = float("nan")
     cv_auroc: float = float("nan")
     detector_kind: str = ""
@@ -101,14 +107,12 @@ class ScoreResult:
         return data
 
     def lines(self) -> list[str]:
-        """Return a human-readable report."""
+        """Return a human-readable report; cautions about the risk come before it."""
         out = [
             f"run {self.run} ({self.path}), checkpoints up to step {self.reached_step}",
             f"  scored at horizon step {self.horizon}, the largest of the detector's horizons "
             f"{self.horizons} that the run has reached",
             f"  checkpoints used: steps {', '.join(map(str, self.steps))}",
-            f"  risk of becoming an outlier: {self.risk:.3f} "
-            f"(ensemble outlier rate {self.outlier_rate:.2f}, detector CV AUROC {self.cv_auroc:.2f} at this horizon)",
         ]
         if self.missing_steps:
             out.append(f"  missing checkpoints at steps {self.missing_steps} counted as the ensemble median")
@@ -124,6 +128,20 @@ class ScoreResult:
                 f"distance {nearest:.3g}); it may come from another model size or configuration, "
                 "so the risk below is not meaningful"
             )
+        if self.in_training:
+            out.append(
+                f"  NOTE: {self.run} is one of the detector's training runs, so the risk below is a fit "
+                "to its own label, not a prediction; the CV AUROC is the out-of-sample figure"
+            )
+        if self.cv_auroc < WEAK_AUROC:
+            out.append(
+                f"  NOTE: the detector's cross-validated AUROC at this horizon is {self.cv_auroc:.2f}, "
+                f"below {WEAK_AUROC}: its risks rank runs no better than chance here"
+            )
+        out.append(
+            f"  risk of becoming an outlier: {self.risk:.3f} "
+            f"(ensemble outlier rate {self.outlier_rate:.2f}, detector CV AUROC {self.cv_auroc:.2f} at this horizon)"
+        )
         out.append("  nearest ensemble runs (distance between normalised run vectors):")
         for neighbour in self.neighbours:
             out.append(f"    {neighbour['run']:<16} {neighbour['label']:<8} distance {neighbour['distance']:.2f}")
@@ -137,7 +155,7 @@ class ScoreResult:
         else:
             out.append("  no feature pushes the risk above the ensemble's base rate")
         for title, groups in (("by family", self.by_family), ("by module type", self.by_module)):
-            text = ", ".join(f"{g['name']} {g['contribution']:+.3f}" for g in groups[:6])
+            text = ", ".join(f"{g['name']} {g['contribution']:+.3f}" for g in groups)
             out.append(f"  contributions {title}: {text}")
         return out
 
@@ -216,6 +234,7 @@ def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: 
         missing_steps=missing,
         flagged_steps=flagged,
         outside_ensemble=_outside_ensemble(placement.neighbours, model.reference),
+        in_training=bool(placement.neighbours) and placement.neighbours[0][0] == run,
         outlier_rate=float(np.mean(model.labels)),
         cv_auroc=float(model.cv.get("auroc", float("nan"))),
         detector_kind=model.detector.kind_,

@@ -195,6 +195,7 @@ def resolve_horizons(table: pd.DataFrame, values: list[str | int], predicting: b
     common = sorted(int(step) for step, count in counts.items() if count * 2 >= n_runs)
     final_step = int(table["step"].max())
     steps = []
+    requests: dict[int, list[str]] = {}
     for value in values:
         target = _horizon_target(str(value).strip(), final_step)
         if target > final_step:
@@ -204,6 +205,10 @@ def resolve_horizons(table: pd.DataFrame, values: list[str | int], predicting: b
             )
         below = [step for step in common if step <= target]
         steps.append(below[-1] if below else common[0])
+        requests.setdefault(steps[-1], []).append(str(value))
+    for step, asked in requests.items():
+        if len(asked) > 1:
+            logger.info("horizons %s land on the same step %d; one model is trained there", ", ".join(asked), step)
     if predicting and final_step in steps:
         logger.warning(
             "horizon %d is the final step, where the labels are read, so the detector sees the "
