@@ -70,3 +70,15 @@ def test_training_run_and_weak_horizon_get_notes():
     text = "\n".join(result.lines())
     assert "NOTE: seed38 is one of the detector's training runs" in text
     assert "cross-validated AUROC at this horizon is 0.45" in text
+
+
+def test_missing_detector_folder_is_not_found(tmp_path, capsys):
+    args = ["score", "--table", str(TABLE), "--run", "seed5", "--detector", str(tmp_path / "absent")]
+    assert main(args) == 2
+    assert f"detector folder {tmp_path / 'absent'} not found" in capsys.readouterr().err
+
+
+def test_folder_without_detector_json_is_named(tmp_path, capsys):
+    args = ["score", "--table", str(TABLE), "--run", "seed5", "--detector", str(tmp_path)]
+    assert main(args) == 2
+    assert "has no detector.json" in capsys.readouterr().err

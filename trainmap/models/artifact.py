@@ -145,6 +145,11 @@ class DetectorArtifact:
             If the format version is not one this trainmap reads.
         """
         folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"detector folder {folder} not found; point --detector to a folder written by "
+                "`trainmap train`, such as models/reference-w64"
+            )
         for name in (DETECTOR_FILE, MAP_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(
