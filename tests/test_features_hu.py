@@ -68,6 +68,16 @@ def no_guess(small_keep_limit, monkeypatch):
     monkeypatch.setattr(streaming, "SPECULATIVE_LIMIT", -1)
 
 
+def assert_saved_matches_reference(tensors: dict, folder, step: int) -> None:
+    """Save ``tensors`` as a checkpoint in ``folder`` and compare its hu/ row with the reference."""
+    folder.mkdir()
+    save_file(tensors, folder / "model.safetensors")
+    row = extract_checkpoint(CheckpointRef("run", step, folder), ("hu",))
+    expected = reference_hu(tensors)
+    for feature in FEATURES:
+        assert row[feature] == pytest.approx(expected[feature], rel=1e-5, abs=1e-12), feature
+
+
 def test_small_pool_median_needs_no_pass():
     chunks = [torch.randn(40, 30, generator=torch.Generator().manual_seed(0))]
     median, passes = pool_median(chunks)
@@ -181,12 +191,7 @@ def test_family_passes_match_reference(small_keep_limit, monkeypatch, tmp_path, 
         "embed_out.weight": torch.randn(50, 16, generator=generator),
         "gpt_neox.final_layer_norm.weight": torch.ones(16),
     }
-    (tmp_path / "step3").mkdir()
-    save_file(tensors, tmp_path / "step3" / "model.safetensors")
-    row = extract_checkpoint(CheckpointRef("run", 3, tmp_path / "step3"), ("hu",))
-    expected = reference_hu(tensors)
-    for feature in FEATURES:
-        assert row[feature] == pytest.approx(expected[feature], rel=1e-5, abs=1e-12), feature
+    assert_saved_matches_reference(tensors, tmp_path / "step3", 3)
 
 
 @pytest.mark.parametrize("run_index", [0, 3])
@@ -207,12 +212,7 @@ def test_trained_checkpoint_with_rank_deficient_matrix(micro_runs, tmp_path):
     left, singular, right = torch.linalg.svd(weight, full_matrices=False)
     singular[4:] = 0.0
     tensors[name] = (left * singular) @ right
-    (tmp_path / "step24").mkdir()
-    save_file(tensors, tmp_path / "step24" / "model.safetensors")
-    row = extract_checkpoint(CheckpointRef("run", 24, tmp_path / "step24"), ("hu",))
-    expected = reference_hu(tensors)
-    for feature in FEATURES:
-        assert row[feature] == pytest.approx(expected[feature], rel=1e-5, abs=1e-12), feature
+    assert_saved_matches_reference(tensors, tmp_path / "step24", 24)
 
 
 def test_checkpoint_without_biases_gives_nan_bias_features(tmp_path):

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainmap.steps import parse_steps as parse_step_list
+
 logger = logging.getLogger(__name__)
 
 ORGANISATION = "EleutherAI"
@@ -136,26 +138,10 @@ def pull_pythia(
 
 def parse_steps(text: str) -> list[int]:
     """Parse steps such as ``"0,1,2,4,1000:5000:1000"`` (``start:stop:stride``, stop included)."""
-    steps: set[int] = set()
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        try:
-            if ":" in item:
-                start, stop, stride = (int(part) for part in item.split(":"))
-                if stride < 1:
-                    raise ValueError
-                steps.update(range(start, stop + 1, stride))
-            else:
-                steps.add(int(item))
-        except ValueError:
-            raise ValueError(
-                f"invalid step item {item!r} in {text!r}; use steps or start:stop:stride "
-                "ranges, e.g. '0,1,2,4,1000:5000:1000'"
-            ) from None
+    steps = parse_step_list(text)
     if not steps or min(steps) < 0:
         raise ValueError(f"invalid steps {text!r}: give at least one step, all >= 0")
-    return sorted(steps)
+    return steps
 
 
 # ---------------------------------------------------------------- helpers

@@ -9,12 +9,11 @@ loss and is ignored.
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from trainmap.checkpoints.jsonfile import read_json_object
+
 
 TRAINER_STATE = "trainer_state.json"
 # trainer_state.json key -> trainmap loss series name
@@ -23,7 +22,7 @@ LOSS_KEYS = {"loss": "train_loss", "eval_loss": "eval_loss"}
 
 def read_global_step(path: str | Path) -> int | None:
     """Return ``global_step`` from a ``trainer_state.json``, or None when absent or invalid."""
-    state = _read(Path(path))
+    state = read_json_object(Path(path))
     step = state.get("global_step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
@@ -31,7 +30,7 @@ def read_global_step(path: str | Path) -> int | None:
 def read_losses(path: str | Path) -> dict[str, dict[int, float]]:
     """Return ``{"train_loss": {step: value}, "eval_loss": {step: value}}`` from ``log_history``."""
     series: dict[str, dict[int, float]] = {name: {} for name in LOSS_KEYS.values()}
-    history = _read(Path(path)).get("log_history", [])
+    history = read_json_object(Path(path)).get("log_history", [])
     for record in history if isinstance(history, list) else []:
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             continue
@@ -40,12 +39,3 @@ def read_losses(path: str | Path) -> dict[str, dict[int, float]]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 series[name][record["step"]] = float(value) if math.isfinite(value) else math.nan
     return series
-
-
-def _read(path: Path) -> dict:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring %s: %s", path, error)
-        return {}
-    return state if isinstance(state, dict) else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trainmap.steps import parse_steps
+
 
 def checkpoint_schedule(total_steps: int, n_evenly_spaced: int = 10) -> list[int]:
     """Return a Pythia-like schedule: 0, 1, 2, 4, ... then evenly spaced to the end.
@@ -43,24 +45,7 @@ def parse_schedule(text: str, total_steps: int) -> list[int]:
     Items are comma-separated steps or ``start:stop:step`` ranges (stop included).
     The final step ``total_steps`` is always added, because labels need the outcome.
     """
-    steps: set[int] = set()
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            if ":" in item:
-                start, stop, stride = (int(part) for part in item.split(":"))
-                if stride < 1:
-                    raise ValueError
-                steps.update(range(start, stop + 1, stride))
-            else:
-                steps.add(int(item))
-        except ValueError:
-            raise ValueError(
-                f"invalid checkpoint schedule item {item!r} in {text!r}; use steps "
-                "or start:stop:stride ranges, e.g. '0,1,2,4,8,50:300:50'"
-            ) from None
+    steps = set(parse_steps(text, "checkpoint schedule", "0,1,2,4,8,50:300:50"))
     out_of_range = sorted(step for step in steps if not 0 <= step <= total_steps)
     if out_of_range:
         raise ValueError(

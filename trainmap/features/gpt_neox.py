@@ -9,13 +9,12 @@ parameters of other architectures.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from trainmap.checkpoints.jsonfile import read_json_object
+
 
 # Sub-module path inside ``gpt_neox.layers.N`` -> module type.
 LAYER_MODULES = {
@@ -74,9 +73,4 @@ def read_config(checkpoint_path: str | Path) -> dict:
     path = (folder if folder.is_dir() else folder.parent) / "config.json"
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring %s: %s", path, error)
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_json_object(path)

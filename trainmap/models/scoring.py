@@ -107,7 +107,7 @@ class ScoreResult:
         return data
 
     def lines(self) -> list[str]:
-        """Return a human-readable report; cautions about the risk come before it."""
+        """Return a human-readable report, with the cautions about the risk before it."""
         out = [
             f"run {self.run} ({self.path}), checkpoints up to step {self.reached_step}",
             f"  scored at horizon step {self.horizon}, the largest of the detector's horizons "
@@ -204,8 +204,9 @@ def score_table(table: pd.DataFrame, run: str, artifact: DetectorArtifact, top: 
     spec = model.spec
     early = rows[rows["step"] <= spec.horizon]
     flagged = _flagged_steps(early, spec.steps)
-    present = set(int(s) for s in early["step"]) - {item["step"] for item in flagged}
-    missing = sorted(set(spec.steps) - present - {item["step"] for item in flagged})
+    flagged_steps = {item["step"] for item in flagged}
+    present = set(int(s) for s in early["step"]) - flagged_steps
+    missing = sorted(set(spec.steps) - present - flagged_steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # reported as missing_steps
         raw = run_vectors(table, spec, [run]).to_numpy(dtype=float)
