@@ -60,7 +60,7 @@ def micro_table(micro_runs, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _no_store_in_working_folder(request, tmp_path, monkeypatch):
-    """Keep MLflow logging out of the folder pytest runs in, unless a test asks for a store."""
+    """Keep MLflow logging out of the folder pytest runs in, unless a test requests a store."""
     if "mlflow_store" not in request.fixturenames:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 

@@ -64,7 +64,7 @@ def test_config_file_rejects_unknown_keys(tmp_path):
 
 
 @pytest.mark.parametrize(("command", "resumes"), [("extract", True), ("train", False)])
-def test_interrupt_message_says_whether_rerun_resumes(command, resumes, tmp_path, monkeypatch, capsys):
+def test_interrupt_message_names_resume(command, resumes, tmp_path, monkeypatch, capsys):
     from trainmap import workflows
 
     def interrupted(*args, **kwargs):

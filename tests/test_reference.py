@@ -34,7 +34,7 @@ def test_reference_detector_horizons():
     assert "seed38" in outliers
 
 
-def test_unreadable_step_is_reported_not_used():
+def test_unreadable_step_not_used():
     table = read_table(TABLE)
     row = (table["run"] == "seed5") & (table["step"] == 15)
     parameters = [column for column in feature_columns(table) if not column.startswith("loss/")]
@@ -50,7 +50,7 @@ def test_unreadable_step_is_reported_not_used():
     assert any("checkpoint at step 15 not used" in line for line in result.lines())
 
 
-def test_run_of_another_width_is_outside_ensemble():
+def test_other_width_outside_ensemble():
     artifact = DetectorArtifact.load(DETECTOR)
     other_width = score_table(read_table(ROOT / "features" / "crossscale-w96.parquet"), "seed0", artifact)
     same_config = score_table(read_table(TABLE), "seed5", artifact)
@@ -64,7 +64,7 @@ def test_run_of_another_width_is_outside_ensemble():
     assert warning < risk
 
 
-def test_training_run_and_weak_horizon_get_notes():
+def test_score_notes_training_run_weak_horizon():
     result = score_table(read_table(TABLE), "seed38", DetectorArtifact.load(DETECTOR))
     result.cv_auroc = 0.45
     text = "\n".join(result.lines())
@@ -72,13 +72,13 @@ def test_training_run_and_weak_horizon_get_notes():
     assert "cross-validated AUROC at this horizon is 0.45" in text
 
 
-def test_missing_detector_folder_is_not_found(tmp_path, capsys):
+def test_missing_detector_folder(tmp_path, capsys):
     args = ["score", "--table", str(TABLE), "--run", "seed5", "--detector", str(tmp_path / "absent")]
     assert main(args) == 2
     assert f"detector folder {tmp_path / 'absent'} not found" in capsys.readouterr().err
 
 
-def test_folder_without_detector_json_is_named(tmp_path, capsys):
+def test_folder_without_detector_json(tmp_path, capsys):
     args = ["score", "--table", str(TABLE), "--run", "seed5", "--detector", str(tmp_path)]
     assert main(args) == 2
     assert "has no detector.json" in capsys.readouterr().err

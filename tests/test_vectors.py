@@ -64,7 +64,7 @@ def test_scaler_keeps_nan_and_handles_constant_columns():
     assert out[:, 1].tolist() == [0.0, 0.0, 0.0]
 
 
-def test_horizon_beyond_final_step_is_rejected():
+def test_horizon_beyond_final_step_rejected():
     with pytest.raises(ValueError, match="horizon 500 is beyond the final step 30"):
         resolve_horizons(small_table(), ["500"])
 
@@ -74,12 +74,12 @@ def test_horizon_at_final_step_warns(caplog):
     assert "the detector sees the outcome" in caplog.text
 
 
-def test_map_horizon_at_final_step_is_quiet(caplog):
+def test_map_horizon_final_step_quiet(caplog):
     assert resolve_horizons(small_table(), ["30"], predicting=False) == [30]
     assert not caplog.text
 
 
-def test_horizons_on_one_step_are_reported(caplog):
+def test_horizons_sharing_step_logged(caplog):
     caplog.set_level("INFO")
     assert resolve_horizons(small_table(), ["20", "25", "10"]) == [10, 20]
     assert "horizons 20, 25 land on the same step 20" in caplog.text

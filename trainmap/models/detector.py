@@ -204,6 +204,8 @@ class OutlierDetector(ClassifierMixin, BaseEstimator):
             return False
         if self.calibration == "sigmoid":
             return True
+        # NOTE: below this count the risks are only prior-shifted. A shrunken centroid's
+        # then come out near 0 or 1, so rely on their ranking (the CV AUROC), not their values.
         return rarest_count >= self.min_calibration_positives
 
     def _fit_calibration(self, X: np.ndarray, encoded: np.ndarray) -> tuple[float, float]:

@@ -195,7 +195,7 @@ def resolve_horizons(table: pd.DataFrame, values: list[str | int], predicting: b
     common = sorted(int(step) for step, count in counts.items() if count * 2 >= n_runs)
     final_step = int(table["step"].max())
     steps = []
-    requests: dict[int, list[str]] = {}
+    requested: dict[int, list[str]] = {}
     for value in values:
         target = _horizon_target(str(value).strip(), final_step)
         if target > final_step:
@@ -205,10 +205,10 @@ def resolve_horizons(table: pd.DataFrame, values: list[str | int], predicting: b
             )
         below = [step for step in common if step <= target]
         steps.append(below[-1] if below else common[0])
-        requests.setdefault(steps[-1], []).append(str(value))
-    for step, asked in requests.items():
-        if len(asked) > 1:
-            logger.info("horizons %s land on the same step %d; one model is trained there", ", ".join(asked), step)
+        requested.setdefault(steps[-1], []).append(str(value))
+    for step, values_at_step in requested.items():
+        if len(values_at_step) > 1:
+            logger.info("horizons %s land on the same step %d; one model is trained there", ", ".join(values_at_step), step)
     if predicting and final_step in steps:
         logger.warning(
             "horizon %d is the final step, where the labels are read, so the detector sees the "
