@@ -1,4 +1,6 @@
+import hashlib
 import json
+import platform
 
 import pytest
 import torch
@@ -35,6 +37,14 @@ def test_run_json_records_seed_and_status(micro_runs):
     assert record["status"] == "complete"
     assert record["peak_learning_rate"] == 3.0
     assert record["checkpoint_steps"] == micro_config().checkpoint_steps()
+
+
+def test_run_json_records_corpus_digest(micro_runs):
+    corpus = json.loads((micro_runs / "seed3" / "run.json").read_text())["corpus"]
+    assert corpus["source"] == "pydoc_data.topics"
+    assert corpus["python"] == platform.python_version()
+    assert corpus["bytes"] == len(corpus_bytes())
+    assert corpus["sha256"] == hashlib.sha256(corpus_bytes()).hexdigest()
 
 
 def test_metrics_have_train_loss_every_step(micro_runs):

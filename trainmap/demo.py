@@ -106,6 +106,7 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
     dict
         Paths of every output and the scores of the held-out runs.
     """
+    from trainmap.ensemble.corpus import corpus_fingerprint
     from trainmap.models.labels import label_lines
     from trainmap.models.training import TrainConfig
 
@@ -118,8 +119,11 @@ def run_demo(config: DemoConfig, progress: bool = True, echo=print) -> dict:
     map_path = workdir / "map.png"
 
     ens = config.ensemble
+    corpus = corpus_fingerprint()
     echo(f"[1/6] training {ens.seeds} runs of a {ens.layers}-layer, width-{ens.width} GPT-NeoX "
          f"for {ens.steps} steps at learning rate {ens.learning_rate} into {runs_dir}")
+    echo(f"      corpus: {corpus['source']} of Python {corpus['python']}, {corpus['bytes']} bytes, "
+         f"sha256 {corpus['sha256'][:12]}")
     workflows.ensemble(ens, runs_dir, workers=config.workers, workdir=workdir)
 
     echo(f"[2/6] extracting features into {table_path}")

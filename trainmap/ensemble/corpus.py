@@ -2,7 +2,9 @@
 
 ``pydoc_data.topics`` ships with every CPython install (about 0.47 MB of English
 reference text with code snippets), so an ensemble can be trained on real text with
-no download. Tokens are bytes, so the vocabulary has 256 entries.
+no download. Tokens are bytes, so the vocabulary has 256 entries. The text changes
+between Python releases, even patch releases, so runs record the corpus digest
+(:func:`corpus_fingerprint`): the same seed on another corpus is a different run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ def corpus_bytes() -> bytes:
     from pydoc_data.topics import topics
 
     return "".join(topics[key] for key in sorted(topics)).encode("utf-8")
+
+
+def corpus_fingerprint() -> dict:
+    """Return the corpus source, the Python version that supplied it, its size and SHA-256."""
+    import hashlib
+    import platform
+
+    data = corpus_bytes()
+    return {
+        "source": "pydoc_data.topics",
+        "python": platform.python_version(),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def split_corpus(heldout_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:

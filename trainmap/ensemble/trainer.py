@@ -381,6 +381,7 @@ def _write_run_json(
     import transformers
 
     from trainmap import __version__
+    from trainmap.ensemble.corpus import corpus_fingerprint
 
     record = {
         "run": run_dir.name,
@@ -390,6 +391,7 @@ def _write_run_json(
         "config": dataclasses.asdict(config),
         "checkpoint_steps": config.checkpoint_steps(),
         "final_eval_loss": final_eval_loss,
+        "corpus": corpus_fingerprint(),
         "wall_seconds": round(time.time() - started, 2),
         "versions": {
             "trainmap": __version__,
